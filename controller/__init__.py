@@ -1,0 +1,1 @@
+"""The controller runtime, the Workspace reconciler and the node provisioners."""

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test tiers use, only when missing:
+# docker-registry (a real OCI registry on loopback) and apache2-utils (htpasswd for its
+# basic auth).
+set -euo pipefail
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq >&2 || true
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >&2

@@ -1,0 +1,13 @@
+//go:build tools
+
+// Package k8sbinaries pins the Kubernetes control-plane commands that
+// hack/k8s-binaries.sh builds for the test tiers; nothing here is shipped.
+package k8sbinaries
+
+import (
+	_ "go.etcd.io/etcd/server/v3"
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)

@@ -1,0 +1,1 @@
+"""Code that runs inside workload pods: LoRA/QLoRA tuning and the inference server."""

@@ -1,0 +1,1 @@
+"""The admission webhook: defaults and validates Workspaces for the kube-apiserver."""
