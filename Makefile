@@ -1,0 +1,29 @@
+# The two commands a newcomer needs: `make demo` and `make test` (see README.md).
+.PHONY: demo demo-down test unit envtest e2e runtime lint crds
+
+demo:
+	bash hack/demo.sh
+
+demo-down:
+	bash hack/demo.sh down
+
+test:
+	bash hack/test.sh $(ARGS)
+
+unit:
+	bash hack/test.sh -m unit $(ARGS)
+
+envtest:
+	bash hack/test.sh -m envtest $(ARGS)
+
+e2e:
+	bash hack/test.sh -m e2e $(ARGS)
+
+runtime:
+	bash hack/test.sh -m runtime $(ARGS)
+
+lint:
+	V=$$(bash hack/venv.sh) && $$V/bin/ruff check . && $$V/bin/mypy kaito crds presets webhook controller runtime
+
+crds:
+	V=$$(bash hack/venv.sh) && $$V/bin/kaito crds --write
