@@ -1,0 +1,150 @@
+"""`python -m controller` / `kaito controller`: run the manager.
+
+For now the only controller is the ConfigMap-copy demo; the Workspace reconciler and
+the node provisioners plug into the same manager. Exit codes: 0 after a clean stop
+(SIGTERM/SIGINT), 1 when the leader lease is lost or the runtime fails, 2 on bad
+settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from controller.configmap_copy import setup_configmap_copy
+from controller.kube.client import KubeClient
+from controller.leader import LeaderElectionLost, LeaseElector
+from controller.logs import configure_logging
+from controller.manager import Manager
+from controller.metrics import Metrics
+from controller.settings import ControllerSettings
+
+log = logging.getLogger("controller")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kaito controller", description=__doc__)
+    parser.add_argument("--kubeconfig", type=Path, help="kubeconfig (default: in-cluster)")
+    parser.add_argument("--namespace", dest="watch_namespace", help="watch one namespace")
+    parser.add_argument("--workers", type=int, help="concurrent reconciles per controller")
+    parser.add_argument("--port", type=int, help="port for /healthz /readyz /metrics")
+    parser.add_argument("--bind-host", help="address for /healthz /readyz /metrics")
+    election = parser.add_mutually_exclusive_group()
+    election.add_argument("--leader-elect", dest="leader_elect", action="store_true",
+                          default=None)
+    election.add_argument("--no-leader-elect", dest="leader_elect", action="store_false")
+    parser.add_argument("--lease-namespace", help="namespace of the leader-election Lease")
+    parser.add_argument("--lease-name", help="name of the leader-election Lease")
+    parser.add_argument("--identity", help="leader-election identity (default host_uuid)")
+    parser.add_argument("--log-format", choices=["json", "text"])
+    parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return parser
+
+
+def load_settings(argv: list[str] | None) -> ControllerSettings:
+    """Environment (KAITO_*) first, then command-line flags on top."""
+    args = _parser().parse_args(argv)
+    settings = ControllerSettings()
+    data = settings.model_dump()
+    overrides = {
+        ("kube", "kubeconfig"): args.kubeconfig,
+        ("server", "port"): args.port,
+        ("server", "bind_host"): args.bind_host,
+        ("leader_election", "enabled"): args.leader_elect,
+        ("leader_election", "namespace"): args.lease_namespace,
+        ("leader_election", "lease_name"): args.lease_name,
+        ("leader_election", "identity"): args.identity,
+        ("workers",): args.workers,
+        ("watch_namespace",): args.watch_namespace,
+        ("log_format",): args.log_format,
+        ("log_level",): args.log_level,
+    }
+    for path, value in overrides.items():
+        if value is None:
+            continue
+        target = data
+        for part in path[:-1]:
+            target = target[part]
+        target[path[-1]] = value
+    return ControllerSettings.model_validate(data)
+
+
+async def _client(settings: ControllerSettings) -> KubeClient:
+    options = {
+        "request_timeout_seconds": settings.kube.request_timeout_seconds,
+        "max_throttle_retries": settings.kube.max_throttle_retries,
+    }
+    if settings.kube.is_in_cluster:
+        return KubeClient.in_cluster(**options)  # type: ignore[arg-type]
+    return await KubeClient.from_kubeconfig(
+        settings.kube.kubeconfig, context=settings.kube.context, **options
+    )
+
+
+async def run(settings: ControllerSettings) -> int:
+    metrics = Metrics()
+    async with await _client(settings) as client:
+        election = settings.leader_election
+        elector = LeaseElector(
+            client,
+            namespace=election.namespace,
+            name=election.lease_name,
+            identity=election.identity,
+            lease_duration_seconds=election.lease_duration_seconds,
+            renew_deadline_seconds=election.renew_deadline_seconds,
+            retry_period_seconds=election.retry_period_seconds,
+            metrics=metrics,
+        ) if election.enabled else None
+        manager = Manager(
+            client,
+            metrics=metrics,
+            elector=elector,
+            bind_host=settings.server.bind_host,
+            port=settings.server.port,
+            graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
+            informer_options=settings.informer.model_dump(),
+        )
+        setup_configmap_copy(
+            manager, namespace=settings.watch_namespace, identity=election.identity,
+            workers=settings.workers,
+        )
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, manager.stop)
+        try:
+            await manager.run()
+        except LeaderElectionLost:
+            log.error("exiting: leader election lost")
+            return 1
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(argv)
+    except ValidationError as exc:
+        print(f"invalid settings: {exc}")
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    log.info(
+        "starting controller",
+        extra={"identity": settings.leader_election.identity, "workers": settings.workers,
+               "leader_election": settings.leader_election.enabled},
+    )
+    try:
+        return asyncio.run(run(settings))
+    except Exception:
+        log.exception("controller failed")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

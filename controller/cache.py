@@ -1,0 +1,211 @@
+"""The informer's in-memory store: objects by key plus secondary indexes.
+
+Keys are `namespace/name` (or `name` for cluster-scoped objects), as in client-go.
+Indexes map an index value to the keys of the objects that produce it; the built-in
+ones answer "everything in this namespace", "everything this owner UID owns" and
+"everything with this label=value", so mapping a child event to its owner and listing a
+workspace's children never scans the whole cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+KubeObject = dict[str, Any]
+IndexFunc = Callable[[KubeObject], Iterable[str]]
+
+NAMESPACE_INDEX = "namespace"
+OWNER_UID_INDEX = "owner-uid"
+CONTROLLER_UID_INDEX = "controller-uid"
+LABEL_INDEX = "label"
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """`namespace/name` or `name`; raises ValueError on an object without a name."""
+    metadata = obj.get("metadata") or {}
+    name = metadata.get("name")
+    if not name:
+        raise ValueError("object has no metadata.name")
+    namespace = metadata.get("namespace")
+    return f"{namespace}/{name}" if namespace else str(name)
+
+
+def split_key(key: str) -> tuple[str | None, str]:
+    """The inverse of `object_key`: (namespace or None, name)."""
+    namespace, sep, name = key.partition("/")
+    if not sep:
+        return None, key
+    if not namespace or not name or "/" in name:
+        raise ValueError(f"malformed object key {key!r}")
+    return namespace, name
+
+
+def index_by_namespace(obj: KubeObject) -> list[str]:
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    return [namespace] if namespace else []
+
+
+def index_by_owner_uid(obj: KubeObject) -> list[str]:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return [str(ref["uid"]) for ref in refs if ref.get("uid")]
+
+
+def index_by_controller_uid(obj: KubeObject) -> list[str]:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return [str(ref["uid"]) for ref in refs if ref.get("uid") and ref.get("controller")]
+
+
+def index_by_label(obj: KubeObject) -> list[str]:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return [f"{key}={value}" for key, value in labels.items()]
+
+
+DEFAULT_INDEXERS: Mapping[str, IndexFunc] = {
+    NAMESPACE_INDEX: index_by_namespace,
+    OWNER_UID_INDEX: index_by_owner_uid,
+    CONTROLLER_UID_INDEX: index_by_controller_uid,
+    LABEL_INDEX: index_by_label,
+}
+
+
+def strip_managed_fields(obj: KubeObject) -> KubeObject:
+    """The default transform: managedFields are large and no reconciler reads them."""
+    metadata = obj.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("managedFields", None)
+    return obj
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What `Cache.replace` changed, to be replayed to event handlers."""
+
+    added: list[KubeObject] = field(default_factory=list)
+    updated: list[tuple[KubeObject, KubeObject]] = field(default_factory=list)
+    deleted: list[KubeObject] = field(default_factory=list)
+
+
+class Cache:
+    """Objects by key, with secondary indexes kept in step on every write."""
+
+    def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
+        self._indexers = dict(DEFAULT_INDEXERS if indexers is None else indexers)
+        self._objects: dict[str, KubeObject] = {}
+        self._indexes: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._objects
+
+    def __iter__(self) -> Iterator[KubeObject]:
+        return iter(list(self._objects.values()))
+
+    def keys(self) -> list[str]:
+        return list(self._objects)
+
+    @property
+    def index_names(self) -> list[str]:
+        return list(self._indexers)
+
+    def add_indexer(self, name: str, func: IndexFunc) -> None:
+        """Add an index; existing objects are indexed at once."""
+        if name in self._indexers:
+            raise ValueError(f"index {name!r} already exists")
+        self._indexers[name] = func
+        self._indexes[name] = {}
+        for key, obj in self._objects.items():
+            self._index_one(name, key, obj)
+
+    def get(self, key: str) -> KubeObject | None:
+        return self._objects.get(key)
+
+    def get_by_name(self, name: str, namespace: str | None = None) -> KubeObject | None:
+        return self._objects.get(f"{namespace}/{name}" if namespace else name)
+
+    def objects(
+        self, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[KubeObject]:
+        """Objects in `namespace` (all when None) carrying every `labels` pair."""
+        if namespace is not None:
+            keys: Iterable[str] = self._indexes[NAMESPACE_INDEX].get(namespace, set()) if (
+                NAMESPACE_INDEX in self._indexes
+            ) else [k for k, o in self._objects.items() if index_by_namespace(o) == [namespace]]
+        else:
+            keys = self._objects.keys()
+        result = [self._objects[key] for key in keys]
+        if labels:
+            result = [obj for obj in result if _has_labels(obj, labels)]
+        return result
+
+    def by_index(self, index: str, value: str) -> list[KubeObject]:
+        try:
+            keys = self._indexes[index].get(value, set())
+        except KeyError:
+            raise KeyError(f"no index named {index!r}") from None
+        return [self._objects[key] for key in keys]
+
+    def index_keys(self, index: str, value: str) -> set[str]:
+        return set(self._indexes[index].get(value, set()))
+
+    def upsert(self, obj: KubeObject) -> KubeObject | None:
+        """Store `obj`; returns the object it replaced, if any."""
+        key = object_key(obj)
+        old = self._objects.get(key)
+        if old is not None:
+            self._unindex(key, old)
+        self._objects[key] = obj
+        for name in self._indexers:
+            self._index_one(name, key, obj)
+        return old
+
+    def delete(self, key: str) -> KubeObject | None:
+        old = self._objects.pop(key, None)
+        if old is not None:
+            self._unindex(key, old)
+        return old
+
+    def replace(self, objects: Iterable[KubeObject]) -> Delta:
+        """Make the cache hold exactly `objects` (a relist); report what changed."""
+        delta = Delta()
+        seen: set[str] = set()
+        for obj in objects:
+            key = object_key(obj)
+            seen.add(key)
+            old = self.upsert(obj)
+            if old is None:
+                delta.added.append(obj)
+            elif _resource_version(old) != _resource_version(obj):
+                delta.updated.append((old, obj))
+        for key in [k for k in self._objects if k not in seen]:
+            old = self.delete(key)
+            if old is not None:
+                delta.deleted.append(old)
+        return delta
+
+    def _index_one(self, name: str, key: str, obj: KubeObject) -> None:
+        index = self._indexes[name]
+        for value in self._indexers[name](obj):
+            index.setdefault(value, set()).add(key)
+
+    def _unindex(self, key: str, obj: KubeObject) -> None:
+        for name, func in self._indexers.items():
+            index = self._indexes[name]
+            for value in func(obj):
+                keys = index.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[value]
+
+
+def _resource_version(obj: KubeObject) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _has_labels(obj: KubeObject, wanted: Mapping[str, str]) -> bool:
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return all(labels.get(key) == value for key, value in wanted.items())

@@ -1,0 +1,81 @@
+"""The controller process's settings: one pydantic-settings tree, env prefix `KAITO_`.
+
+Grouped by concern; nested fields use `__`, e.g. `KAITO_LEADER_ELECTION__ENABLED=false`
+or `KAITO_SERVER__PORT=9090`. Command-line flags override the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_identity() -> str:
+    """hostname_uuid, as controller-runtime builds its leader-election identity."""
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}"
+
+
+class KubeSettings(BaseModel):
+    kubeconfig: Path | None = None
+    context: str | None = None
+    request_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_throttle_retries: int = Field(default=5, ge=0)
+
+    @property
+    def is_in_cluster(self) -> bool:
+        return self.kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ
+
+
+class ServerSettings(BaseModel):
+    """One port serves /healthz, /readyz and /metrics."""
+
+    bind_host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+
+
+class LeaderElectionSettings(BaseModel):
+    enabled: bool = True
+    namespace: str = "kaito-system"
+    lease_name: str = "kaito-controller-leader"
+    identity: str = Field(default_factory=default_identity)
+    lease_duration_seconds: int = Field(default=15, gt=0)
+    renew_deadline_seconds: int = Field(default=10, gt=0)
+    retry_period_seconds: float = Field(default=2.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> LeaderElectionSettings:
+        if self.lease_duration_seconds <= self.renew_deadline_seconds:
+            raise ValueError("lease_duration_seconds must exceed renew_deadline_seconds")
+        if self.renew_deadline_seconds <= 1.2 * self.retry_period_seconds:
+            raise ValueError("renew_deadline_seconds must exceed 1.2 x retry_period_seconds")
+        return self
+
+
+class InformerSettings(BaseModel):
+    watch_timeout_seconds: float = Field(default=300.0, gt=0)
+    read_timeout_seconds: float = Field(default=70.0, gt=0)
+    inactivity_timeout_seconds: float = Field(default=70.0, gt=0)
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="KAITO_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    kube: KubeSettings = KubeSettings()
+    server: ServerSettings = ServerSettings()
+    leader_election: LeaderElectionSettings = Field(
+        default_factory=lambda: LeaderElectionSettings()
+    )
+    informer: InformerSettings = InformerSettings()
+    workers: int = Field(default=4, ge=1, le=256)
+    watch_namespace: str | None = None
+    graceful_shutdown_seconds: float = Field(default=30.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
