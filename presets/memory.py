@@ -1,0 +1,168 @@
+"""GPU memory estimates for serving and for LoRA / QLoRA tuning, and SKU choice from them.
+
+Notation (from the preset): N parameters, L layers, hidden size h, MLP intermediate size i,
+m MLP matrices (3 for gated SwiGLU, 2 otherwise), kv = kv_heads x head_dim, vocabulary V,
+E = V.h (x2 when the LM head is not tied) embedding parameters. Tuning inputs: batch b,
+sequence length s, LoRA rank r. All sizes in bytes; 1 GiB = 2^30 bytes.
+
+Inference (one replica, whole model resident):
+    weights   = published bf16 weight size (else 2.N)
+    kv_cache  = 2 (K and V) . L . kv . 2 bytes . T,  T = min(context, 8192) tokens
+    total     = weights + kv_cache + 1 GiB (CUDA context, allocator, runtime)
+
+Tuning (one node; device_map="auto" spreads layers over its G GPUs):
+    weights   lora:  2.N                      (bf16/fp16)
+              qlora: 0.516.(N - E) + 2.E      (NF4 = 4 bits + 0.127 bits of double-quantised
+                                               constants per linear weight; embeddings and
+                                               LM head stay 16-bit)
+    adapter   A = L . r . [2h + 2(h + kv) + 2h + m(h + i)]  (an A/B pair r x (in + out) on
+                                               every linear layer of a block)
+    adapter state = A . a,  a = 16 (fp32 weight + fp32 grad + two fp32 Adam moments, PEFT's
+                                    default); QLoRA's reference code (bf16 adapters) has a = 12
+    activations (16-bit, SDPA attention so no s^2 term), per layer and token
+              c = 24h + 4(m - 1)i bytes  (attention block ~12 tensors of h, norms, and the MLP's
+                                          2(m - 1) tensors of size i)
+              no checkpointing: L . b . s . c
+              gradient checkpointing: L . b . s . 2h (layer inputs) + b . s . c (one layer)
+    logits    10 . b . s . V  (16-bit logits, their fp32 upcast and its gradient)
+    total     = weights + adapter state + activations + logits + 1 GiB
+    per GPU   = (total - 1 GiB) / G + 1 GiB
+
+QLoRA runs with gradient checkpointing by default (peft's prepare_model_for_kbit_training
+turns it on); LoRA does not unless the config asks for it.
+
+Checked against published figures in tests/unit/test_presets.py: the QLoRA paper's
+"65B on a single 48 GB GPU" and "33B on a 24 GB consumer GPU" (r=64, batch 1, seq 512,
+bf16 adapters), upstream Kaito's serving figures for phi-3 and mistral (within 15%), and its
+16 GiB per-GPU figure for qlora of mistral-7b and falcon-7b (an upper bound).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from presets.catalog import GIB, Catalog, GpuSku, ModelPreset
+
+OVERHEAD_BYTES = GIB
+INFERENCE_MAX_TOKENS = 8192
+DEFAULT_LORA_RANK = 8
+DEFAULT_TUNING_SEQ_LEN = 2048
+QLORA_BYTES_PER_LINEAR_PARAM = (4 + 0.127) / 8
+ADAPTER_STATE_BYTES_PEFT = 16
+ADAPTER_STATE_BYTES_BF16 = 12
+
+
+@dataclass(frozen=True)
+class TuningShape:
+    """The knobs of a tuning run that change its memory need."""
+
+    method: str = "lora"
+    batch_size: int = 1
+    seq_len: int = DEFAULT_TUNING_SEQ_LEN
+    lora_rank: int = DEFAULT_LORA_RANK
+    gradient_checkpointing: bool | None = None
+    """None: the method's default (on for qlora, off for lora)."""
+    adapter_state_bytes: int = ADAPTER_STATE_BYTES_PEFT
+
+    @property
+    def is_checkpointing(self) -> bool:
+        if self.gradient_checkpointing is None:
+            return self.method == "qlora"
+        return self.gradient_checkpointing
+
+
+@dataclass(frozen=True)
+class TuningEstimate:
+    """A tuning estimate, broken down (bytes)."""
+
+    weights: int
+    adapter_state: int
+    activations: int
+    logits: int
+    overhead: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.weights + self.adapter_state + self.activations + self.logits + self.overhead
+
+    @property
+    def total_gib(self) -> float:
+        return self.total_bytes / GIB
+
+    def per_gpu_gib(self, gpu_count: int) -> float:
+        return ((self.total_bytes - self.overhead) / gpu_count + self.overhead) / GIB
+
+
+def inference_gib(preset: ModelPreset, max_tokens: int = INFERENCE_MAX_TOKENS) -> float:
+    """GPU memory to serve one replica of the preset (see the module docstring)."""
+    tokens = min(preset.context_length, max_tokens)
+    kv_cache = 2 * preset.layers * preset.kv_dim * 2 * tokens
+    return preset.weights_gib + (kv_cache + OVERHEAD_BYTES) / GIB
+
+
+def adapter_params(preset: ModelPreset, rank: int) -> int:
+    """LoRA parameters with an adapter on every linear layer of every block."""
+    h, i, kv = preset.hidden_size, preset.intermediate_size, preset.kv_dim
+    mlp_matrices = 3 if preset.gated_mlp else 2
+    per_layer = 2 * h + 2 * (h + kv) + 2 * h + mlp_matrices * (h + i)
+    return preset.layers * rank * per_layer
+
+
+def tuning_estimate(preset: ModelPreset, shape: TuningShape) -> TuningEstimate:
+    """Memory of a LoRA / QLoRA run of the preset (see the module docstring)."""
+    if shape.method not in ("lora", "qlora"):
+        raise ValueError(f"unknown tuning method {shape.method!r}")
+    if shape.batch_size < 1 or shape.seq_len < 1 or shape.lora_rank < 1:
+        raise ValueError("batch_size, seq_len and lora_rank must be positive")
+    n, e = preset.params, preset.embedding_params
+    if shape.method == "qlora":
+        weights = int(QLORA_BYTES_PER_LINEAR_PARAM * (n - e) + 2 * e)
+    else:
+        weights = 2 * n
+    h, i = preset.hidden_size, preset.intermediate_size
+    mlp_matrices = 3 if preset.gated_mlp else 2
+    tokens = shape.batch_size * shape.seq_len
+    per_token_layer = 24 * h + 4 * (mlp_matrices - 1) * i
+    if shape.is_checkpointing:
+        activations = preset.layers * tokens * 2 * h + tokens * per_token_layer
+    else:
+        activations = preset.layers * tokens * per_token_layer
+    return TuningEstimate(
+        weights=weights,
+        adapter_state=adapter_params(preset, shape.lora_rank) * shape.adapter_state_bytes,
+        activations=activations,
+        logits=10 * tokens * preset.vocab_size,
+        overhead=OVERHEAD_BYTES,
+    )
+
+
+def inference_node_count(preset: ModelPreset, sku: GpuSku) -> int:
+    """Nodes of this SKU needed to hold the preset for serving (at least 1)."""
+    return max(1, math.ceil(inference_gib(preset) / sku.total_gpu_memory_gib))
+
+
+def cheapest_inference_sku(catalog: Catalog, preset: ModelPreset) -> GpuSku:
+    """The cheapest SKU holding one replica on one node; else the one with most memory."""
+    need = inference_gib(preset)
+    for sku in catalog.skus_by_price():
+        if sku.total_gpu_memory_gib >= need:
+            return sku
+    return max(catalog.skus.values(), key=lambda s: (s.total_gpu_memory_gib, -s.price_per_hour_usd))
+
+
+def tuning_fits(estimate: TuningEstimate, sku: GpuSku) -> bool:
+    return estimate.per_gpu_gib(sku.gpu_count) <= sku.gpu_memory_gib
+
+
+def cheapest_tuning_sku(catalog: Catalog, estimate: TuningEstimate) -> GpuSku | None:
+    """The cheapest SKU whose GPUs hold the tuning run, or None."""
+    return next((s for s in catalog.skus_by_price() if tuning_fits(estimate, s)), None)
+
+
+def smallest_tuning_sku(catalog: Catalog, estimate: TuningEstimate) -> GpuSku | None:
+    """The SKU with the least total GPU memory that holds the run (ties: cheapest)."""
+    fitting = [s for s in catalog.skus.values() if tuning_fits(estimate, s)]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda s: (s.total_gpu_memory_gib, s.price_per_hour_usd, s.name))
