@@ -31,6 +31,15 @@ if have_all "$bin_dir"; then
   exit 0
 fi
 
+# One build at a time: a second caller waits, then finds the binaries in the cache.
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock"
+flock 9
+if have_all "$bin_dir"; then
+  echo "$bin_dir"
+  exit 0
+fi
+
 command -v go >/dev/null || { echo "k8s-binaries: the Go toolchain is needed to build the control plane" >&2; exit 1; }
 mkdir -p "$bin_dir"
 tmp_dir=$(mktemp -d "$cache_root/build.XXXXXX")
