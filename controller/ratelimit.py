@@ -39,7 +39,7 @@ class ItemExponentialFailureRateLimiter:
     def when(self, item: Hashable) -> float:
         failures = self._failures.get(item, 0)
         self._failures[item] = failures + 1
-        if failures > 1100:  # 2**1100 overflows a float; far past the cap anyway
+        if failures > 1000:  # 2.0**1024 overflows a float; far past any cap anyway
             return self._max
         return min(self._base * 2.0**failures, self._max)
 

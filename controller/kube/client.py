@@ -81,6 +81,8 @@ class KubeClient:
         self._max_retry_after_seconds = max_retry_after_seconds
         self._sleep = sleep
         self._token_mtime_ns: int | None = None
+        if token_file is not None:
+            self.refresh_credentials()
 
     @classmethod
     async def from_kubeconfig(

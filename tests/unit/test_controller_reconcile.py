@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 
 import pytest
@@ -130,7 +131,7 @@ async def test_errors_are_retried_with_growing_backoff() -> None:
     source.create("a")
     await run_until(controller, lambda: len(reconciler.calls) == 4)
     times = [t for _, t in reconciler.calls]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps[0] >= 0.019 and gaps[1] >= 0.039 and gaps[2] >= 0.079
     assert value(metrics, "controller_runtime_reconcile_errors_total", controller="demo") == 3
     assert value(metrics, "controller_runtime_reconcile_total", controller="demo",
