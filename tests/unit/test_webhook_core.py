@@ -1,0 +1,179 @@
+"""Defaulting, update rules, warnings and the URL check, as pure functions."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from crds.workspace import Workspace
+from presets.catalog import load_catalog
+from webhook.defaulting import default, deprecation_warnings
+from webhook.tuning_config import TuningConfig, parse_tuning_config
+from webhook.urls import url_problem
+from webhook.validation import admission_warnings, validate
+
+from tests.unit.test_webhook_cases import INFERENCE, SEED, _adapter, _edit, run_webhook, training_config
+
+pytestmark = pytest.mark.unit
+
+
+def _defaulted(raw: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, Any]:
+    ws = default(Workspace.model_validate(raw), load_catalog(),
+                 old=Workspace.model_validate(old) if old else None)
+    return ws.to_dict()
+
+
+def test_tuning_defaults_pick_the_cheapest_sku_that_fits() -> None:
+    got = _defaulted(_edit(SEED, resource__instanceType=None))
+    assert got["resource"]["instanceType"] == "Standard_NC4as_T4_v3"
+    assert got["resource"]["count"] == 1
+    assert run_webhook(_edit(SEED, resource__instanceType=None), None) == []
+
+
+def test_inference_defaults_fill_sku_count_and_strength() -> None:
+    raw = _edit(INFERENCE, resource__instanceType=None, inference__preset={"name": "phi-4"},
+                inference__adapters=[_adapter("a"), _adapter("b", "0.25")])
+    got = _defaulted(raw)
+    assert got["resource"]["instanceType"] == "Standard_NC24ads_A100_v4"
+    assert got["resource"]["count"] == 1
+    assert [a["strength"] for a in got["inference"]["adapters"]] == ["1.0", "0.25"]
+    # On a 16 GiB SKU phi-4 needs two nodes.
+    small = _defaulted(_edit(INFERENCE, resource__instanceType="Standard_NC6s_v3",
+                             inference__preset={"name": "phi-4"}))
+    assert small["resource"]["count"] == 2
+
+
+def test_defaults_never_override_the_user() -> None:
+    raw = _edit(INFERENCE, resource__count=3, resource__instanceType="Standard_NC96ads_A100_v4")
+    got = _defaulted(raw)
+    assert got["resource"]["count"] == 3
+    assert got["resource"]["instanceType"] == "Standard_NC96ads_A100_v4"
+    assert _defaulted(SEED)["resource"]["instanceType"] == "Standard_NC6s_v3"
+
+
+def test_update_carries_over_webhook_defaults() -> None:
+    old = _defaulted(_edit(SEED, resource__instanceType=None))
+    replaced = _edit(SEED, resource__instanceType=None)
+    assert run_webhook(replaced, None, old_raw=old) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"resource__instanceType": "Standard_NC24ads_A100_v4"}, "resource.instanceType: Forbidden"),
+        ({"resource__count": 2}, "resource.count: Forbidden"),
+        ({"resource__labelSelector": {"matchLabels": {"app": "other"}}},
+         "resource.labelSelector: Forbidden"),
+        ({"tuning__preset": {"name": "phi-3-mini-4k-instruct"}}, "tuning.preset: Forbidden"),
+        ({"tuning__method": "lora"}, "tuning.method: Forbidden"),
+        ({"tuning__input__name": "renamed"}, "tuning.input.name: Forbidden"),
+        ({"tuning": None, "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}}},
+         "inference and tuning cannot be switched on or off"),
+    ],
+)
+def test_immutable_fields_on_update(change: dict[str, Any], message: str) -> None:
+    old = _defaulted(SEED)
+    errors = run_webhook(_edit(old, **change), None, old_raw=old)
+    assert any(message in e for e in errors), errors
+
+
+def test_inference_preset_is_immutable() -> None:
+    old = _defaulted(INFERENCE)
+    new = _edit(old, inference__preset={"name": "phi-3-mini-128k-instruct"})
+    assert "inference.preset: Forbidden: field is immutable" in run_webhook(new, None, old)
+
+
+def test_mutable_fields_may_change() -> None:
+    old = _defaulted(SEED)
+    new = _edit(old, tuning__input__urls=["https://example.com/other.parquet"],
+                tuning__output__image="r.io/other:2")
+    assert run_webhook(new, None, old_raw=old) == []
+    old_inference = _defaulted(INFERENCE)
+    with_adapter = _edit(old_inference, inference__adapters=[_adapter("x")])
+    assert run_webhook(with_adapter, None, old_raw=old_inference) == []
+
+
+def test_seed_on_v100_is_admitted_with_a_float16_warning() -> None:
+    ws = default(Workspace.model_validate(SEED), load_catalog())
+    assert validate(ws, None, load_catalog()) == []
+    warnings = admission_warnings(ws, load_catalog())
+    assert warnings == ["Standard_NC6s_v3 (V100) has no bfloat16: tuning runs in float16 instead"]
+    on_a100 = _edit(SEED, resource__instanceType="Standard_NC24ads_A100_v4")
+    assert admission_warnings(Workspace.model_validate(on_a100), load_catalog()) == []
+
+
+def test_deprecated_fields_warn() -> None:
+    raw = _edit(INFERENCE, resource__count=1, resource__preferredNodes=["n1"])
+    warnings = deprecation_warnings(Workspace.model_validate(raw))
+    assert len(warnings) == 2 and all("deprecated" in w for w in warnings)
+    assert deprecation_warnings(Workspace.model_validate(INFERENCE)) == []
+
+
+def test_gated_preset_without_secret_warns() -> None:
+    raw = _edit(INFERENCE, inference__preset={"name": "llama-3.1-8b-instruct"})
+    warnings = admission_warnings(Workspace.model_validate(raw), load_catalog())
+    assert any("modelAccessSecret" in w for w in warnings)
+
+
+def test_config_drives_the_memory_estimate() -> None:
+    preset = load_catalog().preset("phi-3-mini-4k-instruct")
+    assert preset is not None
+    config, errors = parse_tuning_config("c", training_config({
+        "QuantizationConfig": {"load_in_4bit": True},
+        "TrainingArguments": {"per_device_train_batch_size": 8, "gradient_checkpointing": False},
+        "LoraConfig": {"r": 32},
+        "DatasetConfig": {"max_seq_length": 1024},
+    }))
+    assert errors == [] and isinstance(config, TuningConfig)
+    shape = config.shape("qlora", preset)
+    assert (shape.batch_size, shape.seq_len, shape.lora_rank, shape.is_checkpointing) == (
+        8, 1024, 32, False)
+    assert not config.uses_bfloat16()
+
+
+def test_valid_user_config_is_admitted() -> None:
+    raw = _edit(SEED, tuning__config="cfg")
+    data = training_config({
+        "ModelConfig": {"torch_dtype": "bfloat16"},
+        "QuantizationConfig": {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"},
+        "TrainingArguments": {"output_dir": "/mnt/results", "per_device_train_batch_size": 2},
+        "DataCollator": None,
+    })
+    assert run_webhook(raw, data) == []
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("https://huggingface.co/datasets/x/resolve/main/a.parquet", None),
+        ("http://example.com:8080/a.csv", None),
+        ("https://8.8.8.8/a.csv", None),
+        ("file:///etc/passwd", "must be an http or https URL"),
+        ("https://", "has no host"),
+        ("http://LOCALHOST./x", "must not point at localhost"),
+        ("http://api.localhost/x", "must not point at localhost"),
+        ("http://[::1]/x", "must not point at a loopback address"),
+        ("http://2130706433/x", "must not point at a loopback address"),
+        ("http://0x7f000001/x", "must not point at a loopback address"),
+        ("http://0.0.0.0/x", "must not point at a loopback address"),
+        ("http://[::ffff:169.254.169.254]/x", "must not point at a link-local address (cloud metadata)"),
+        ("http://metadata.google.internal/x", "must not point at localhost"),
+        ("http://192.168.1.1/x", "must not point at a private address"),
+        ("http://172.16.0.1/x", "must not point at a private address"),
+        ("http://[fd00::1]/x", "must not point at a private address"),
+        ("http://example.com:99999/x", "is not a valid URL"),
+    ],
+)
+def test_url_problem(url: str, problem: str | None) -> None:
+    assert url_problem(url) == problem
+
+
+def test_validate_does_not_mutate_its_input() -> None:
+    raw = copy.deepcopy(SEED)
+    ws = Workspace.model_validate(raw)
+    before = ws.to_dict()
+    default(ws, load_catalog())
+    validate(ws, None, load_catalog())
+    assert ws.to_dict() == before

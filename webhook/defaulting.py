@@ -1,0 +1,85 @@
+"""Defaulting: what the mutating webhook fills in, never overriding what the user wrote.
+
+- `resource.instanceType`: the cheapest SKU whose GPU memory fits the preset for serving,
+  or for the tuning method, batch and sequence length.
+- `resource.count`: 1 for tuning; for serving, the nodes the inference estimate needs.
+- `inference.adapters[*].strength`: "1.0".
+On update, values the webhook filled earlier are carried over from the old object, so a
+`kubectl replace` without them does not trip the immutability rules.
+"""
+
+from __future__ import annotations
+
+from crds.workspace import Workspace
+from presets.catalog import Catalog
+from presets.memory import (
+    cheapest_inference_sku,
+    cheapest_tuning_sku,
+    inference_node_count,
+    tuning_estimate,
+)
+from webhook.fit import tuning_plan
+from webhook.tuning_config import TuningConfig
+
+DEFAULT_ADAPTER_STRENGTH = "1.0"
+
+
+def default(
+    ws: Workspace,
+    presets: Catalog,
+    *,
+    old: Workspace | None = None,
+    tuning_config: TuningConfig | None = None,
+) -> Workspace:
+    """A copy of the workspace with defaults filled in."""
+    ws = ws.model_copy(deep=True)
+    resource = ws.resource
+    if resource is None:
+        return ws
+    if old is not None and old.resource is not None:
+        if resource.instance_type is None:
+            resource.instance_type = old.resource.instance_type
+        if resource.count is None:
+            resource.count = old.resource.count
+
+    if ws.tuning is not None and ws.inference is None:
+        plan = tuning_plan(ws, presets, tuning_config)
+        if not resource.instance_type and plan is not None:
+            sku = cheapest_tuning_sku(presets, tuning_estimate(plan.preset, plan.shape))
+            if sku is not None:
+                resource.instance_type = sku.name
+        if resource.count is None:
+            resource.count = 1
+
+    if ws.inference is not None and ws.tuning is None:
+        preset_spec = ws.inference.preset
+        preset = presets.preset(preset_spec.name) if preset_spec is not None else None
+        if preset is not None and ws.inference.template is None:
+            if not resource.instance_type:
+                resource.instance_type = cheapest_inference_sku(presets, preset).name
+            sku = presets.sku(resource.instance_type)
+            if resource.count is None and sku is not None:
+                resource.count = inference_node_count(preset, sku)
+        elif resource.count is None and ws.inference.template is not None:
+            resource.count = 1
+        for adapter in ws.inference.adapters or []:
+            if adapter.strength is None:
+                adapter.strength = DEFAULT_ADAPTER_STRENGTH
+    return ws
+
+
+def deprecation_warnings(ws: Workspace) -> list[str]:
+    """Warnings for deprecated fields the user set (checked before defaulting)."""
+    warnings: list[str] = []
+    if ws.resource is not None:
+        if ws.resource.count is not None:
+            warnings.append(
+                "resource.count is deprecated: the node count is derived from the preset's "
+                "GPU memory estimate"
+            )
+        if ws.resource.preferred_nodes:
+            warnings.append(
+                "resource.preferredNodes is deprecated: select nodes with "
+                "resource.labelSelector instead"
+            )
+    return warnings

@@ -1,0 +1,74 @@
+"""GPU fit: whether the workspace's instance type and count can hold its model.
+
+Serving checks `count x total GPU memory of the SKU` against the inference estimate
+(upstream's rule and message). Tuning checks the per-GPU tuning estimate for the method,
+batch and sequence length against one GPU of the SKU, and names the smallest SKU that fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from crds.workspace import Workspace
+from presets.catalog import Catalog, GpuSku, ModelPreset
+from presets.memory import (
+    TuningShape,
+    inference_gib,
+    smallest_tuning_sku,
+    tuning_estimate,
+    tuning_fits,
+)
+from webhook.errors import FieldError
+from webhook.tuning_config import TuningConfig, default_shape
+
+_INSTANCE = "resource.instanceType"
+
+
+@dataclass(frozen=True)
+class TuningPlan:
+    """The tuning run the workspace describes, when its preset and method are valid."""
+
+    preset: ModelPreset
+    shape: TuningShape
+
+
+def tuning_plan(ws: Workspace, catalog: Catalog, config: TuningConfig | None) -> TuningPlan | None:
+    """The preset and memory knobs of a tuning workspace, or None if they are not valid."""
+    tuning = ws.tuning
+    if tuning is None or tuning.preset is None or tuning.method not in ("lora", "qlora"):
+        return None
+    preset = catalog.preset(tuning.preset.name)
+    if preset is None or not preset.tuning.supports(tuning.method):
+        return None
+    shape = (config.shape(tuning.method, preset) if config is not None
+             else default_shape(tuning.method, preset))
+    return TuningPlan(preset, shape)
+
+
+def inference_fit_errors(preset: ModelPreset, sku: GpuSku, count: int) -> list[FieldError]:
+    need = inference_gib(preset)
+    have = sku.total_gpu_memory_gib * count
+    if have >= need:
+        return []
+    return [FieldError(
+        _INSTANCE, "Invalid value",
+        f"Insufficient total GPU memory: Instance type {sku.name} has a total of "
+        f"{have:g}Gi, but preset {preset.name} requires at least {need:.0f}Gi",
+    )]
+
+
+def tuning_fit_errors(plan: TuningPlan, sku: GpuSku, catalog: Catalog) -> list[FieldError]:
+    estimate = tuning_estimate(plan.preset, plan.shape)
+    if tuning_fits(estimate, sku):
+        return []
+    smallest = smallest_tuning_sku(catalog, estimate)
+    hint = (f"the smallest instance type that fits is {smallest.name} "
+            f"({smallest.gpu_count}x {smallest.gpu_model} {smallest.gpu_memory_gib:g} GiB)"
+            if smallest is not None else "no known instance type fits")
+    shape = plan.shape
+    return [FieldError(
+        _INSTANCE, "Invalid value",
+        f"{shape.method} of {plan.preset.name} at batch {shape.batch_size}, seq {shape.seq_len} "
+        f"needs about {estimate.per_gpu_gib(sku.gpu_count):.1f} GiB per GPU; {sku.name} has "
+        f"{sku.gpu_memory_gib:g} GiB; {hint}",
+    )]

@@ -1,0 +1,277 @@
+"""Validation: every rule upstream's webhook enforces, plus the tuning memory estimate.
+
+`validate(new, old, presets, ...)` is pure: the handler fetches the tuning ConfigMap's data
+first and passes it in. Rules run on create and on update (adapters, tuning urls, output
+and config may change, so they are checked again); `old` adds the immutability rules.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+
+from crds.workspace import TUNING_METHODS, Workspace
+from presets.catalog import Catalog
+from webhook.errors import FieldError
+from webhook.fit import inference_fit_errors, tuning_fit_errors, tuning_plan
+from webhook.tuning_config import check_tuning_config, parse_tuning_config
+from webhook.urls import url_problem
+
+MAX_ADAPTERS = 10
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_RESERVED_LABEL_PREFIXES = ("kaito.sh/workspace", "karpenter.sh/")
+
+
+def validate(
+    new: Workspace,
+    old: Workspace | None,
+    presets: Catalog,
+    *,
+    tuning_config_data: dict[str, str] | None = None,
+) -> list[FieldError]:
+    """All problems with `new` (an update when `old` is given); empty means admitted."""
+    errors = _name_errors(new)
+    has_inference, has_tuning = new.inference is not None, new.tuning is not None
+    if has_inference == has_tuning:
+        errors.append(FieldError("inference", "Invalid value" if has_tuning else "Required value",
+                                 "exactly one of inference or tuning must be set"))
+    errors += _resource_errors(new, presets)
+    if has_inference and not has_tuning:
+        errors += _inference_errors(new, presets)
+    if has_tuning and not has_inference:
+        errors += _tuning_errors(new, presets, tuning_config_data)
+    if old is not None:
+        errors += _update_errors(new, old)
+    return errors
+
+
+def _name_errors(ws: Workspace) -> list[FieldError]:
+    name = ws.metadata.name
+    if name is None or (len(name) <= 63 and _DNS1123_LABEL.match(name)):
+        return []
+    return [FieldError(
+        "metadata.name", "Invalid value",
+        "a workspace name must be a lowercase RFC 1123 label: at most 63 characters of "
+        "a-z, 0-9 and '-', starting and ending with an alphanumeric character",
+        name,
+    )]
+
+
+def _resource_errors(ws: Workspace, presets: Catalog) -> list[FieldError]:
+    resource = ws.resource
+    if resource is None:
+        return [FieldError("resource", "Required value", "resource.labelSelector is required")]
+    errors: list[FieldError] = []
+    selector = resource.label_selector
+    keys = list((selector.match_labels or {}).keys()) + [
+        e.key for e in selector.match_expressions or []
+    ]
+    if not keys:
+        errors.append(FieldError("resource.labelSelector", "Required value",
+                                 "matchLabels or matchExpressions must select the nodes"))
+    elif all(key.startswith(_RESERVED_LABEL_PREFIXES) for key in keys):
+        errors.append(FieldError(
+            "resource.labelSelector", "Invalid value",
+            "uses only reserved label keys (kaito.sh/workspace*, karpenter.sh/*); add a label "
+            "of your own", keys,
+        ))
+    if resource.instance_type and presets.sku(resource.instance_type) is None:
+        errors.append(FieldError(
+            "resource.instanceType", "Unsupported value",
+            "not a known GPU instance type (see presets/skus.yaml)", resource.instance_type,
+        ))
+    return errors
+
+
+def _inference_errors(ws: Workspace, presets: Catalog) -> list[FieldError]:
+    inference = ws.inference
+    assert inference is not None
+    errors: list[FieldError] = []
+    has_preset, has_template = inference.preset is not None, inference.template is not None
+    if has_preset == has_template:
+        errors.append(FieldError("inference", "Invalid value" if has_preset else "Required value",
+                                 "exactly one of preset or template must be set"))
+    if inference.preset is not None and not has_template:
+        preset = presets.preset(inference.preset.name)
+        if preset is None:
+            errors.append(FieldError("inference.preset.name", "Unsupported value",
+                                     "not in the preset catalog", inference.preset.name))
+        elif ws.resource is not None and ws.resource.instance_type:
+            sku = presets.sku(ws.resource.instance_type)
+            if sku is not None:
+                errors += inference_fit_errors(preset, sku, ws.resource.count or 1)
+    errors += _adapter_errors(ws)
+    return errors
+
+
+def _adapter_errors(ws: Workspace) -> list[FieldError]:
+    assert ws.inference is not None
+    adapters = ws.inference.adapters or []
+    errors: list[FieldError] = []
+    if adapters and ws.inference.preset is None:
+        errors.append(FieldError("inference.adapters", "Forbidden",
+                                 "adapters need inference.preset (not a template)"))
+    if len(adapters) > MAX_ADAPTERS:
+        errors.append(FieldError("inference.adapters", "Too many",
+                                 f"{len(adapters)}: must have at most {MAX_ADAPTERS} items"))
+    seen: set[str] = set()
+    for index, adapter in enumerate(adapters):
+        path = f"inference.adapters[{index}]"
+        source = adapter.source
+        if source is None or not source.name:
+            errors.append(FieldError(f"{path}.source.name", "Required value",
+                                     "every adapter needs a source with a name"))
+        else:
+            if source.name in seen:
+                errors.append(FieldError(f"{path}.source.name", "Duplicate value",
+                                         "adapter names must be unique", source.name))
+            seen.add(source.name)
+            if (source.image is None) == (source.volume_source is None):
+                errors.append(FieldError(f"{path}.source", "Invalid value",
+                                         "exactly one of image or volumeSource must be set"))
+        if adapter.strength is not None and not _is_strength(adapter.strength):
+            errors.append(FieldError(f"{path}.strength", "Invalid value",
+                                     "must be a decimal number between 0 and 1",
+                                     adapter.strength))
+    return errors
+
+
+def _is_strength(text: str) -> bool:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        return False
+    return value.is_finite() and Decimal(0) <= value <= Decimal(1)
+
+
+def _tuning_errors(
+    ws: Workspace, presets: Catalog, config_data: dict[str, str] | None
+) -> list[FieldError]:
+    tuning = ws.tuning
+    assert tuning is not None
+    errors: list[FieldError] = []
+    if tuning.method not in TUNING_METHODS:
+        errors.append(FieldError("tuning.method", "Unsupported value",
+                                 'supported values: "lora", "qlora"', tuning.method))
+    if tuning.preset is None or not tuning.preset.name:
+        errors.append(FieldError("tuning.preset", "Required value",
+                                 "tuning needs a preset to tune"))
+    else:
+        preset = presets.preset(tuning.preset.name)
+        if preset is None:
+            errors.append(FieldError("tuning.preset.name", "Unsupported value",
+                                     "not in the preset catalog", tuning.preset.name))
+        elif tuning.method in TUNING_METHODS and not preset.tuning.supports(tuning.method):
+            errors.append(FieldError("tuning.preset.name", "Invalid value",
+                                     f"preset does not support {tuning.method} tuning",
+                                     tuning.preset.name))
+    if ws.resource is not None and (ws.resource.count or 1) > 1:
+        errors.append(FieldError("resource.count", "Invalid value",
+                                 "tuning runs on one node", ws.resource.count))
+    errors += _input_errors(ws)
+    errors += _output_errors(ws)
+    config = None
+    if tuning.config:
+        config, config_errors = parse_tuning_config(tuning.config, config_data)
+        errors += config_errors
+        if config is not None and tuning.method in TUNING_METHODS:
+            errors += check_tuning_config(config, tuning.method)
+    plan = tuning_plan(ws, presets, config)
+    if plan is not None and not errors and ws.resource is not None:
+        sku = presets.sku(ws.resource.instance_type or "")
+        if sku is not None:
+            errors += tuning_fit_errors(plan, sku, presets)
+        elif not ws.resource.instance_type:
+            errors.append(FieldError("resource.instanceType", "Required value",
+                                     "no known instance type can hold this tuning job"))
+    return errors
+
+
+def _input_errors(ws: Workspace) -> list[FieldError]:
+    assert ws.tuning is not None
+    source = ws.tuning.input
+    if source is None:
+        return [FieldError("tuning.input", "Required value", "tuning needs input data")]
+    given = [name for name, value in (("urls", source.urls), ("image", source.image),
+                                      ("volumeSource", source.volume_source)) if value]
+    if len(given) != 1:
+        return [FieldError("tuning.input", "Invalid value",
+                           "exactly one of urls, image or volumeSource must be set",
+                           given or None)]
+    errors: list[FieldError] = []
+    for index, url in enumerate(source.urls or []):
+        problem = url_problem(url)
+        if problem is not None:
+            errors.append(FieldError(f"tuning.input.urls[{index}]", "Invalid value", problem, url))
+    return errors
+
+
+def _output_errors(ws: Workspace) -> list[FieldError]:
+    assert ws.tuning is not None
+    output = ws.tuning.output
+    if output is None:
+        return [FieldError("tuning.output", "Required value",
+                           "tuning needs an output image or volumeSource")]
+    if bool(output.image) == bool(output.volume_source):
+        return [FieldError("tuning.output", "Invalid value",
+                           "exactly one of image or volumeSource must be set")]
+    if output.image and not output.image_push_secret:
+        return [FieldError("tuning.output.imagePushSecret", "Required value",
+                           "pushing the adapter image needs a docker-registry Secret")]
+    return []
+
+
+def _update_errors(new: Workspace, old: Workspace) -> list[FieldError]:
+    errors: list[FieldError] = []
+    for kind in ("inference", "tuning"):
+        if (getattr(new, kind) is None) != (getattr(old, kind) is None):
+            errors.append(FieldError(kind, "Forbidden",
+                                     "inference and tuning cannot be switched on or off"))
+    if errors:
+        return errors
+    immutable: list[tuple[str, object, object]] = []
+    if new.resource is not None and old.resource is not None:
+        immutable += [
+            ("resource.count", new.resource.count, old.resource.count),
+            ("resource.instanceType", new.resource.instance_type, old.resource.instance_type),
+            ("resource.labelSelector", new.resource.label_selector, old.resource.label_selector),
+        ]
+    if new.inference is not None and old.inference is not None:
+        immutable.append(("inference.preset", new.inference.preset, old.inference.preset))
+    if new.tuning is not None and old.tuning is not None:
+        new_input, old_input = new.tuning.input, old.tuning.input
+        immutable += [
+            ("tuning.preset", new.tuning.preset, old.tuning.preset),
+            ("tuning.method", new.tuning.method, old.tuning.method),
+            ("tuning.input.name", new_input and new_input.name, old_input and old_input.name),
+        ]
+    for path, new_value, old_value in immutable:
+        if new_value != old_value:
+            errors.append(FieldError(path, "Forbidden", "field is immutable"))
+    return errors
+
+
+def admission_warnings(
+    ws: Workspace, presets: Catalog, *, tuning_config_data: dict[str, str] | None = None
+) -> list[str]:
+    """Warnings for an admitted workspace (the request still succeeds)."""
+    warnings: list[str] = []
+    sku = presets.sku(ws.resource.instance_type or "") if ws.resource is not None else None
+    if ws.tuning is not None and sku is not None and not sku.bf16:
+        config = None
+        if ws.tuning.config:
+            config, _ = parse_tuning_config(ws.tuning.config, tuning_config_data)
+        # The method's default config computes in bfloat16.
+        if config is None or config.uses_bfloat16():
+            warnings.append(
+                f"{sku.name} ({sku.gpu_model}) has no bfloat16: tuning runs in float16 instead"
+            )
+    if ws.inference is not None and ws.inference.preset is not None:
+        preset = presets.preset(ws.inference.preset.name)
+        options = ws.inference.preset.preset_options
+        if preset is not None and preset.gated and not (options and options.model_access_secret):
+            warnings.append(
+                f"{preset.name} is gated on Hugging Face: set "
+                "inference.preset.presetOptions.modelAccessSecret to a Secret with HF_TOKEN"
+            )
+    return warnings
