@@ -9,12 +9,18 @@ import pytest
 
 from crds.workspace import Workspace
 from presets.catalog import load_catalog
+from tests.unit.test_webhook_cases import (
+    INFERENCE,
+    SEED,
+    _adapter,
+    _edit,
+    run_webhook,
+    training_config,
+)
 from webhook.defaulting import default, deprecation_warnings
 from webhook.tuning_config import TuningConfig, parse_tuning_config
 from webhook.urls import url_problem
 from webhook.validation import admission_warnings, validate
-
-from tests.unit.test_webhook_cases import INFERENCE, SEED, _adapter, _edit, run_webhook, training_config
 
 pytestmark = pytest.mark.unit
 
