@@ -154,13 +154,13 @@ async def test_configmap_is_read_through_the_reader(
         b"",
         b"not json",
         b"[]",
-        b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", '
-        b'"request": {"uid": "u", "operation": "CREATE", "object": {}}}',
+        (b'{"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", '
+        b'"request": {"uid": "u", "operation": "CREATE", "object": {}}}'),
         b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}',
-        b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
-        b'"request": {"uid": "u", "operation": "CREATE"}}',
-        b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
-        b'"request": {"uid": "u", "operation": "UPDATE", "object": {}}}',
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+        b'"request": {"uid": "u", "operation": "CREATE"}}'),
+        (b'{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", '
+        b'"request": {"uid": "u", "operation": "UPDATE", "object": {}}}'),
         b"[" * 100000,
     ],
 )
