@@ -70,8 +70,9 @@ async def _post(http: TestClient[Any, Any], path: str, body: dict[str, Any]) -> 
     assert response.status == 200
     answer: dict[str, Any] = await response.json()
     assert answer["apiVersion"] == "admission.k8s.io/v1" and answer["kind"] == "AdmissionReview"
-    assert answer["response"]["uid"] == body["request"]["uid"]
-    return answer["response"]
+    result: dict[str, Any] = answer["response"]
+    assert result["uid"] == body["request"]["uid"]
+    return result
 
 
 async def test_mutate_answers_a_json_patch_of_defaults(http: TestClient[Any, Any]) -> None:
