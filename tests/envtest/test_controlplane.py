@@ -49,32 +49,44 @@ def test_apiserver_reports_the_pinned_version(control_plane: LocalCluster) -> No
     assert version["serverVersion"]["gitVersion"].startswith("v1.")
 
 
+async def _list_when_ready(custom: client.CustomObjectsApi, namespace: str) -> Any:
+    """Lists widgets, retrying while a just-established CRD's storage initializes (429)."""
+    for _ in range(100):
+        try:
+            return await custom.list_namespaced_custom_object(GROUP, "v1", namespace, PLURAL)
+        except client.ApiException as error:
+            if error.status not in (404, 429):
+                raise
+        await asyncio.sleep(0.1)
+    raise TimeoutError("the widgets resource never became listable")
+
+
 async def test_watch_sees_added_and_modified(
     control_plane: LocalCluster, namespace: str, api_client: Any
 ) -> None:
     _install_crd(control_plane)
     custom = client.CustomObjectsApi(api_client)
-    seen: list[tuple[str, int]] = []
-
-    async def watch_widgets() -> None:
-        stream = watch.Watch()
-        async with stream:
-            async for event in stream.stream(
-                custom.list_namespaced_custom_object, GROUP, "v1", namespace, PLURAL,
-                _request_timeout=30,
-            ):
-                seen.append((event["type"], event["object"]["size"]))
-                if event["type"] == "MODIFIED":
-                    return
-
-    watcher = asyncio.create_task(watch_widgets(), name="widget-watch")
+    # Watch from the list's resourceVersion: every later event is replayed, whatever
+    # the timing of the create and patch below.
+    listed = await _list_when_ready(custom, namespace)
     body = {"apiVersion": f"{GROUP}/v1", "kind": "Widget",
             "metadata": {"name": "w1"}, "size": 1}
     await custom.create_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, body)
     await custom.patch_namespaced_custom_object(
-        GROUP, "v1", namespace, PLURAL, "w1", {"size": 2}
+        GROUP, "v1", namespace, PLURAL, "w1", {"size": 2},
+        _content_type="application/merge-patch+json",
     )
-    await asyncio.wait_for(watcher, timeout=30)
+    seen: list[tuple[str, int]] = []
+    stream = watch.Watch()
+    async with stream:
+        async with asyncio.timeout(30):
+            async for event in stream.stream(
+                custom.list_namespaced_custom_object, GROUP, "v1", namespace, PLURAL,
+                resource_version=listed["metadata"]["resourceVersion"], _request_timeout=30,
+            ):
+                seen.append((event["type"], event["object"]["size"]))
+                if event["type"] == "MODIFIED":
+                    break
     assert seen == [("ADDED", 1), ("MODIFIED", 2)]
 
 
