@@ -16,12 +16,17 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.configmap_copy import COPIED_BY_ANNOTATION, COPY_OF_LABEL, SOURCE_LABEL
-from controller.configmap_copy import setup_configmap_copy
+from controller.configmap_copy import (
+    COPIED_BY_ANNOTATION,
+    COPY_OF_LABEL,
+    SOURCE_LABEL,
+    setup_configmap_copy,
+)
 from controller.controller import Controller
 from controller.kube import CONFIGMAPS, KubeClient
 from controller.leader import LeaseElector
 from controller.manager import Manager
+from controller.metrics import Metrics
 from controller.reconcile import Reconciler, Request, Result
 from kaito.devcluster import LocalCluster
 
@@ -77,14 +82,17 @@ async def wait_until_async(
 ) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    last_error: Exception | None = None
     while True:
         try:
             if await check():
                 return
-        except Exception:  # noqa: BLE001 - the API may be restarting; keep polling
-            pass
+        except Exception as exc:  # noqa: BLE001 - the API may be restarting; keep polling
+            last_error = exc
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what} (last error: {last_error!r})"
+            )
         await asyncio.sleep(interval)
 
 
@@ -108,15 +116,12 @@ async def running_manager(
         return recorders[-1]
 
     async with await KubeClient.from_kubeconfig(control_plane.kubeconfig) as client:
+        metrics = Metrics()
         elector = LeaseElector(
-            client, namespace=namespace, name=elector_lease, identity=identity,
+            client, namespace=namespace, name=elector_lease, identity=identity, metrics=metrics,
         ) if elector_lease else None
         manager = Manager(client, port=0, bind_host="127.0.0.1", elector=elector,
-                          **manager_options)
-        if elector is not None:
-            elector._metrics = manager.metrics  # noqa: SLF001 - share the registry
-            elector._status_gauge = manager.metrics.leader_election_master_status.labels(
-                name=elector_lease)  # noqa: SLF001
+                          metrics=metrics, **manager_options)
         controller = setup_configmap_copy(
             manager, namespace=namespace, identity=identity, workers=workers,
             reconciler_wrapper=wrap,
@@ -131,9 +136,11 @@ async def running_manager(
 
 
 async def scrape(port: int, path: str) -> tuple[int, str]:
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"http://127.0.0.1:{port}{path}") as response:
-            return response.status, await response.text()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return response.status, await response.text()
 
 
 def metric_values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -172,7 +179,7 @@ async def test_500_objects_converge_without_concurrent_reconciles(
         assert recorder.max_parallel > 1, "the 8 workers did run in parallel"
 
         # Updates and deletes converge too.
-        for i in range(0, 50):
+        for i in range(50):
             name = f"src-{i:03d}"
             await client.patch(CONFIGMAPS, name, {"data": {"index": "changed"}}, namespace)
             expected[name] = {"index": "changed", "payload": "x" * 64}
