@@ -116,12 +116,14 @@ async def patch_ca_bundle(
         try:
             response = await read(name, _preload_content=False,
                                   _request_timeout=REQUEST_TIMEOUT_SECONDS)
-            current = json.loads(await response.read())
+            status, current = response.status, json.loads(await response.read())
         except ApiException as error:
-            if error.status == 404:
-                log.warning("webhook configuration not found", extra={"configuration": name})
-                continue
-            raise
+            status, current = error.status, {}
+        if status == 404:
+            log.warning("webhook configuration not found", extra={"configuration": name})
+            continue
+        if status != 200:
+            raise ApiException(status=status, reason=f"reading {kind} configuration {name}")
         ops: list[dict[str, Any]] = [
             {"op": "test", "path": "/metadata/resourceVersion",
              "value": current["metadata"]["resourceVersion"]}
