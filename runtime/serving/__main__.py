@@ -1,0 +1,82 @@
+"""``python -m runtime.serving``: parse flags, configure logging, serve.
+
+Example: ``python -m runtime.serving --model smollm2-135m-instruct
+--adapter mine=/mnt/adapter/mine:0.8 --port 5000``. Flags override ``KAITO_SERVING_*``
+environment variables. Exit codes: 0 after a clean shutdown, 2 for bad settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any, ClassVar
+
+from pydantic import ValidationError
+
+from runtime.serving.app import serve
+from runtime.serving.settings import ServingSettings
+
+
+class _JsonFormatter(logging.Formatter):
+    _standard: ClassVar[set[str]] = set(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in self._standard})
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.serving",
+        description="Serve an LLM over /chat, the OpenAI API and the TGI API.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="model folder or preset name (smollm2-135m-instruct)")
+    source.add_argument("--tgi-url", help="proxy to this text-generation-inference server")
+    parser.add_argument("--tokenizer", help="tokenizer folder for chat templates (TGI proxy)")
+    parser.add_argument("--adapter", dest="adapters", action="append",
+                        metavar="NAME=PATH[:STRENGTH]", help="a LoRA adapter (repeatable)")
+    parser.add_argument("--adapter-dir", help="serve every adapter folder under this folder")
+    parser.add_argument("--served-model-name", help="model id of the base model")
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--max-batch-size", type=int)
+    parser.add_argument("--max-queue", type=int)
+    parser.add_argument("--max-context-tokens", type=int)
+    parser.add_argument("--default-max-tokens", type=int)
+    parser.add_argument("--device")
+    parser.add_argument("--torch-threads", type=int)
+    parser.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the server; return the process exit code."""
+    args = _parser().parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
+    try:
+        settings = ServingSettings(**overrides)
+        settings.adapter_specs()
+    except (ValidationError, ValueError) as error:
+        print(f"invalid settings: {error}", file=sys.stderr)
+        return 2
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Settings of the serving runtime: one pydantic-settings tree, env prefix ``KAITO_SERVING_``.
+
+Command-line flags (``__main__``) override the environment. Either ``model`` (a local
+folder or the preset name) or ``tgi_url`` (proxy to an external TGI server) is required.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from runtime.serving.loader import AdapterSpec
+
+
+class ServingSettings(BaseSettings):
+    """Everything ``python -m runtime.serving`` can be told."""
+
+    model_config = SettingsConfigDict(env_prefix="KAITO_SERVING_", extra="forbid")
+
+    model: str | None = None
+    tgi_url: str | None = None
+    tokenizer: str | None = None
+    adapters: list[str] = Field(default_factory=list)
+    adapter_dir: Path | None = None
+    served_model_name: str | None = None
+    host: str = "0.0.0.0"
+    port: int = Field(default=5000, ge=0, le=65535)
+    max_batch_size: int = Field(default=16, ge=1, le=256)
+    max_queue: int = Field(default=64, ge=0)
+    max_context_tokens: int | None = Field(default=None, ge=2)
+    default_max_tokens: int = Field(default=256, ge=1)
+    device: str | None = None
+    torch_threads: int | None = Field(default=None, ge=1)
+    tgi_timeout_seconds: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ServingSettings:
+        if (self.model is None) == (self.tgi_url is None):
+            raise ValueError("give exactly one of --model and --tgi-url")
+        if self.tgi_url is not None and (self.adapters or self.adapter_dir):
+            raise ValueError("adapters are served by the external TGI server, not the proxy")
+        for text in self.adapters:
+            AdapterSpec.parse(text)
+        return self
+
+    def adapter_specs(self) -> list[AdapterSpec]:
+        """``--adapter`` flags plus every folder under ``adapter_dir`` (strength 1)."""
+        specs = [AdapterSpec.parse(text) for text in self.adapters]
+        named = {spec.name for spec in specs}
+        if self.adapter_dir is not None and self.adapter_dir.is_dir():
+            for folder in sorted(self.adapter_dir.iterdir()):
+                if (folder / "adapter_config.json").is_file() and folder.name not in named:
+                    spec = AdapterSpec(folder.name, folder)
+                    spec.check()
+                    specs.append(spec)
+        names = [spec.name for spec in specs]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate adapter names: {', '.join(duplicates)}")
+        return specs
