@@ -44,7 +44,7 @@ def review(obj: dict[str, Any] | None, *, operation: str = "CREATE",
         "resource": {"group": "kaito.sh", "version": "v1alpha1", "resource": "workspaces"},
         "operation": operation,
         "namespace": "team-a",
-        "name": (obj or {}).get("metadata", {}).get("name"),
+        "name": "workspace",
         "object": obj,
         "userInfo": {"username": "alice"},
     }
