@@ -18,7 +18,7 @@ from controller.kube.client import KubeClient, KubeObject
 from controller.kube.errors import AlreadyExists, NotFound
 from controller.kube.resources import CONFIGMAPS
 from controller.manager import Manager
-from controller.predicates import has_label
+from controller.predicates import Event, EventType, has_label
 from controller.reconcile import Request, Result
 
 SOURCE_LABEL = "copy.kaito.sh/source"
@@ -127,7 +127,14 @@ def setup_configmap_copy(
     controller = Controller(
         "configmap-copy", reconciler, workers=workers, metrics=manager.metrics
     )
-    controller.watch(informer, predicates=[has_label(SOURCE_LABEL, "true")])
+    is_source = has_label(SOURCE_LABEL, "true")
+
+    def is_or_was_source(event: Event) -> bool:
+        # A source that loses its label must still be reconciled once, to drop its copy.
+        was_source = event.old is not None and is_source(Event(EventType.CREATE, event.old))
+        return is_source(event) or was_source
+
+    controller.watch(informer, predicates=[is_or_was_source])
     controller.watch(informer, enqueue_owner("ConfigMap", ""))
     manager.add_controller(controller)
     return controller

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from controller.cache import Cache, IndexFunc, KubeObject, object_key, strip_managed_fields
 from controller.kube.client import KubeClient, WatchEvent
-from controller.kube.errors import ApiUnavailable, Gone, KubeError
+from controller.kube.errors import ApiUnavailable, Gone, KubeError, TooManyRequests
 from controller.kube.resources import ResourceType
 from controller.metrics import Metrics
 from controller.predicates import Event, EventType
@@ -145,6 +145,8 @@ class Informer:
                     extra={"informer": self.name, "error": str(exc) or type(exc).__name__,
                            "failures": consecutive_failures},
                 )
+                if isinstance(exc, TooManyRequests):
+                    await asyncio.sleep(min(exc.retry_after_seconds, self._backoff_max_seconds))
             if self._metrics is not None:
                 self._metrics.informer_watch_restarts_total.labels(
                     resource=str(self.resource), reason=reason

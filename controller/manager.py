@@ -121,13 +121,12 @@ class Manager:
                 work = group.create_task(
                     self._lead_and_work(controller_tasks), name="manager-controllers"
                 )
-                stop_wait = group.create_task(self._stop_requested.wait(), name="manager-stop")
                 self.started.set()
-                await asyncio.wait({work, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                # A failing task (a lost lease) cancels this wait through the TaskGroup.
+                await self._stop_requested.wait()
                 log.info("manager stopping")
                 await self._drain(controller_tasks)
                 work.cancel()
-                stop_wait.cancel()
                 for task in informer_tasks:
                     task.cancel()
         except* LeaderElectionLost as group_error:
