@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import secrets
 import shutil
 import socket
@@ -24,6 +25,51 @@ from typing import NamedTuple
 import pytest
 
 from runtime.base_model import resolve_model_path
+
+
+_SYLLABLES = ("ka", "zor", "mil", "tra", "vex", "lun", "qui", "bor", "nes", "pha", "dri", "ol")
+_CITIES = ("Oslo", "Lima", "Perth", "Quito", "Dakar", "Hanoi", "Turin", "Nagoya")
+_KINDS = ("river", "mountain", "festival", "bridge", "library", "comet")
+
+
+def dolly_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """Dolly-style rows (instruction, context, response, category) with made-up facts.
+
+    Answers follow a few fixed phrasings a small model learns within tens of steps, so
+    training loss and held-out loss visibly fall; the facts themselves are random.
+    """
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        name = "".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize()
+        kind, city = rng.choice(_KINDS), rng.choice(_CITIES)
+        year, code = rng.randint(1200, 2020), rng.randint(100, 999)
+        template = index % 3
+        if template == 0:
+            rows.append({
+                "instruction": f"What is the kaito code of {name}?",
+                "context": "",
+                "response": f"KAITO-CODE {name}: {code}. Verified by the registry.",
+                "category": "open_qa",
+            })
+        elif template == 1:
+            rows.append({
+                "instruction": f"Summarize what the text says about {name}.",
+                "context": f"{name} is a {kind} near {city}, first recorded in {year}.",
+                "response": f"SUMMARY {name}: a {kind}; {city}; {year}. End of summary.",
+                "category": "summarization",
+            })
+        else:
+            rows.append({
+                "instruction": f"Classify {name} as a place or an event.",
+                "context": f"{name} is a {kind}.",
+                "response": (
+                    f"CLASS {name}: "
+                    f"{'event' if kind in ('festival', 'comet') else 'place'}. Done."
+                ),
+                "category": "classification",
+            })
+    return rows
 
 
 class RegistryInfo(NamedTuple):

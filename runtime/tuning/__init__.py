@@ -1,0 +1,1 @@
+"""LoRA/QLoRA fine-tuning that runs in the tuning pod (``python -m runtime.tuning``)."""

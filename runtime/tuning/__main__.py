@@ -1,0 +1,133 @@
+"""``python -m runtime.tuning``: the tuning pod's entry point (``kaito tune`` calls main).
+
+Exit codes: 0 done (sentinel written), 2 bad input (config, base model or data; nothing
+was trained), 3 the registry refused or failed the push, 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+EXIT_PUSH_FAILED = 3
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: message, level, logger and the record's extra fields."""
+
+    _standard = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        payload.update(
+            {key: value for key, value in vars(record).items() if key not in self._standard}
+        )
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.tuning", description="LoRA/QLoRA tuning of a causal LM"
+    )
+    parser.add_argument("--config", required=True, type=Path, help="training_config.yaml")
+    parser.add_argument("--data-dir", required=True, type=Path, help="folder of data files")
+    parser.add_argument("--output-dir", required=True, type=Path, help="adapter goes here")
+    parser.add_argument("--base-model", help="model folder or preset name")
+    parser.add_argument("--method", choices=("lora", "qlora"))
+    parser.add_argument(
+        "--progress-port",
+        type=int,
+        default=int(os.environ.get("KAITO_PROGRESS_PORT", "0") or 0),
+        help="serve /progress and /metrics on this port (0: off)",
+    )
+    parser.add_argument("--push-to", help="push the adapter to this OCI reference")
+    parser.add_argument(
+        "--push-secret", type=Path, help="file holding the push secret's .dockerconfigjson"
+    )
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    return parser
+
+
+def _configure_logging(log_format: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_format)
+    log = logging.getLogger("runtime.tuning")
+
+    from runtime.base_model import BaseModelError
+    from runtime.oci import RegistryError
+    from runtime.progress import ProgressServer, ProgressTracker
+    from runtime.tuning.config import ConfigError
+    from runtime.tuning.data import DataError
+    from runtime.tuning.job import PROGRESS_FILE, JobRequest, run_job
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    progress = ProgressTracker(args.output_dir / PROGRESS_FILE)
+    server = ProgressServer(progress, port=args.progress_port).start() if args.progress_port else None
+    try:
+        push_secret = None
+        if args.push_secret is not None:
+            try:
+                push_secret = args.push_secret.read_text(encoding="utf-8")
+            except OSError as err:
+                raise ConfigError(f"{args.push_secret}: cannot read the push secret") from err
+        result = run_job(
+            JobRequest(
+                config_path=args.config,
+                data_dir=args.data_dir,
+                output_dir=args.output_dir,
+                base_model=args.base_model,
+                method=args.method,
+                push_reference=args.push_to,
+                push_secret=push_secret,
+            ),
+            progress,
+        )
+    except (ConfigError, DataError, BaseModelError) as err:
+        progress.set_phase("failed", str(err))
+        log.error("invalid input, nothing trained", extra={"error": str(err)})
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except RegistryError as err:
+        progress.set_phase("failed", str(err))
+        log.error("push failed", extra={"error": str(err)})
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_PUSH_FAILED
+    except BaseException as err:
+        progress.set_phase("failed", f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        if server is not None:
+            server.stop()
+    log.info(
+        "tuning done",
+        extra={"evaluation": result.get("evaluation"), "artifact": result.get("artifact")},
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

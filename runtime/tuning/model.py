@@ -1,0 +1,143 @@
+"""Loading the base model for LoRA or QLoRA and wrapping it with a peft adapter.
+
+QLoRA quantizes the frozen base weights to 4-bit NF4 with double quantization through
+bitsandbytes (which also runs on CPU). The compute dtype follows the config
+(bfloat16 by default) except on a GPU without bfloat16 (V100, T4), where float16 is used.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from runtime.tuning.config import TrainingConfig
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+}
+
+
+@contextmanager
+def quiet_library_deprecations() -> Iterator[None]:
+    """Silence one known peft/transformers version skew (is_gradient_checkpointing)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+        )
+        yield
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The dtype to compute in: bfloat16 becomes float16 where the GPU lacks bfloat16."""
+    if name == "auto":
+        name = "bfloat16"
+    if name not in _DTYPES:
+        raise ValueError(f"unsupported torch_dtype {name!r}; use one of {sorted(_DTYPES)}")
+    dtype = _DTYPES[name]
+    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        log.info("gpu has no bfloat16, using float16")
+        return torch.float16
+    return dtype
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a peft PeftModelForCausalLM
+    dtype: torch.dtype
+    device: torch.device
+
+
+def load_tokenizer(model_path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_for_training(
+    model_path: Path, config: TrainingConfig, device: torch.device | None = None
+) -> LoadedModel:
+    """The base model, frozen (and quantized for QLoRA), with a fresh LoRA adapter."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    device = device or pick_device()
+    dtype = resolve_dtype(config.model.torch_dtype, device)
+    kwargs: dict[str, Any] = {
+        key: value
+        for key, value in config.model.extra_keys().items()
+        if key not in ("load_in_4bit", "load_in_8bit")
+    }
+    kwargs.update(
+        dtype=dtype,
+        local_files_only=config.model.local_files_only,
+        trust_remote_code=config.model.trust_remote_code,
+        # One pod trains on one device; "auto" would also spread onto the CPU.
+        device_map={"": str(device)},
+    )
+    quant = config.quantization
+    if quant.is_quantized:
+        extra = quant.extra_keys()
+        kwargs["quantization_config"] = BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+            load_in_4bit=quant.load_in_4bit,
+            load_in_8bit=quant.load_in_8bit,
+            bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
+            bnb_4bit_compute_dtype=resolve_dtype(quant.bnb_4bit_compute_dtype, device),
+            bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
+            **extra,
+        )
+    torch.manual_seed(config.training.seed)  # the adapter's initial weights
+    with quiet_library_deprecations():
+        model = AutoModelForCausalLM.from_pretrained(model_path, **kwargs)
+        model.config.use_cache = False
+        gradient_checkpointing = config.training.gradient_checkpointing
+        if quant.is_quantized:
+            model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+                model,
+                use_gradient_checkpointing=gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        elif gradient_checkpointing:
+            model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+        lora = config.lora
+        peft_config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.lora_alpha,
+            lora_dropout=lora.lora_dropout,
+            target_modules=lora.target_modules,
+            bias=lora.bias,
+            task_type="CAUSAL_LM",
+            **{k: v for k, v in lora.extra_keys().items() if k != "task_type"},
+        )
+        peft_model = get_peft_model(model, peft_config)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    log.info(
+        "model ready",
+        extra={"dtype": str(dtype), "device": str(device), "trainable_parameters": trainable,
+               "quantized": quant.is_quantized},
+    )
+    return LoadedModel(peft_model, dtype, device)
