@@ -15,7 +15,8 @@ from controller.kube.errors import (
     TooManyRequests,
     Unauthorized,
 )
-from controller.kube.resources import CONFIGMAPS, LEASES, NAMESPACES
+from controller.kube.resources import CONFIGMAPS, LEASES, NAMESPACES, ResourceType
+from controller.kube.typed import TypedResource
 
 __all__ = [
     "CONFIGMAPS",
@@ -35,6 +36,7 @@ __all__ = [
     "ResourceType",
     "ServerError",
     "TooManyRequests",
+    "TypedResource",
     "Unauthorized",
     "WatchEvent",
 ]

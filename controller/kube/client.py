@@ -288,6 +288,14 @@ class KubeClient:
         )
         return obj
 
+    async def replace_status(self, resource: ResourceType, body: KubeObject) -> KubeObject:
+        """PUT to the status subresource (spec changes in `body` are ignored there)."""
+        metadata = body.get("metadata") or {}
+        namespace = metadata.get("namespace") if resource.namespaced else None
+        path = resource.path(namespace, metadata.get("name", "")) + "/status"
+        obj: KubeObject = await self.request("PUT", path, body=body)
+        return obj
+
     async def patch(
         self,
         resource: ResourceType,

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from kubernetes_asyncio import client as k8s_client
+from pydantic import BaseModel, ConfigDict, Field
 
 from controller.kube import (
     CONFIGMAPS,
@@ -27,6 +28,7 @@ from controller.kube import (
     NotFound,
     ServerError,
     TooManyRequests,
+    TypedResource,
     WatchEvent,
 )
 from controller.kube.errors import error_from_response, parse_retry_after
@@ -314,3 +316,50 @@ async def test_silent_watch_times_out_instead_of_hanging(server: FakeApiServer) 
         )
     assert isinstance(error, ApiUnavailable)
     assert loop.time() - started < 3
+
+
+class Meta(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    name: str
+    namespace: str | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+
+
+class ConfigMapModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    api_version: str = Field(default="v1", alias="apiVersion")
+    kind: str = "ConfigMap"
+    metadata: Meta
+    data: dict[str, str] = Field(default_factory=dict)
+
+
+async def test_typed_resource_round_trips_models(server: FakeApiServer) -> None:
+    bodies: list[Any] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            return web.json_response({"apiVersion": "v1", "kind": "ConfigMap",
+                                      "metadata": {"name": "a", "namespace": "ns",
+                                                   "resourceVersion": "7"},
+                                      "data": {"k": "v"}})
+        body = await request.json()
+        bodies.append((request.method, request.path, body))
+        body["metadata"]["resourceVersion"] = "8"
+        return web.json_response(body)
+
+    server.handler = handler
+    async with make_client(server.url) as client:
+        configmaps = TypedResource(client, CONFIGMAPS, ConfigMapModel)
+        current = await configmaps.get("a", "ns")
+        assert current.metadata.resource_version == "7" and current.data == {"k": "v"}
+        created = await configmaps.create(
+            ConfigMapModel(metadata=Meta(name="b", namespace="ns"), data={"x": "y"})
+        )
+        assert created.metadata.resource_version == "8"
+        await configmaps.replace_status(current)
+    method, path, body = bodies[0]
+    assert (method, path) == ("POST", "/api/v1/namespaces/ns/configmaps")
+    assert body == {"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": {"name": "b", "namespace": "ns"}, "data": {"x": "y"}}
+    assert bodies[1][:2] == ("PUT", "/api/v1/namespaces/ns/configmaps/a/status")
+    assert bodies[1][2]["metadata"]["resourceVersion"] == "7"
