@@ -344,8 +344,9 @@ async def test_typed_resource_round_trips_models(server: FakeApiServer) -> None:
                                       "data": {"k": "v"}})
         body = await request.json()
         bodies.append((request.method, request.path, body))
-        body["metadata"]["resourceVersion"] = "8"
-        return web.json_response(body)
+        answer = json.loads(json.dumps(body))
+        answer["metadata"]["resourceVersion"] = "8"
+        return web.json_response(answer)
 
     server.handler = handler
     async with make_client(server.url) as client:
