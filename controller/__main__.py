@@ -74,10 +74,11 @@ def load_settings(argv: list[str] | None) -> ControllerSettings:
     return ControllerSettings.model_validate(data)
 
 
-async def _client(settings: ControllerSettings) -> KubeClient:
+async def _client(settings: ControllerSettings, metrics: Metrics) -> KubeClient:
     options = {
         "request_timeout_seconds": settings.kube.request_timeout_seconds,
         "max_throttle_retries": settings.kube.max_throttle_retries,
+        "metrics": metrics,
     }
     if settings.kube.is_in_cluster:
         return KubeClient.in_cluster(**options)  # type: ignore[arg-type]
@@ -88,7 +89,7 @@ async def _client(settings: ControllerSettings) -> KubeClient:
 
 async def run(settings: ControllerSettings) -> int:
     metrics = Metrics()
-    async with await _client(settings) as client:
+    async with await _client(settings, metrics) as client:
         election = settings.leader_election
         elector = LeaseElector(
             client,

@@ -96,6 +96,11 @@ class Metrics:
             "backup, 1 indicates master. 'name' is the string used to identify the lease.",
             ["name"], registry=r,
         )
+        self.rest_client_requests_total = Counter(
+            "rest_client_requests_total",
+            "Number of HTTP requests, partitioned by status code, method, and host.",
+            ["code", "method", "host"], registry=r,
+        )
         self.informer_relists_total = Counter(
             "kaito_informer_relists_total", "Full lists the informer made (start and 410 Gone)",
             ["resource"], registry=r,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
@@ -31,6 +32,7 @@ from controller.kube.errors import (
     error_from_status_object,
 )
 from controller.kube.resources import ResourceType
+from controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class KubeClient:
         max_throttle_retries: int = 5,
         max_retry_after_seconds: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         if request_timeout_seconds <= 0:
             raise ValueError("request_timeout_seconds must be positive")
@@ -80,6 +83,8 @@ class KubeClient:
         self._max_throttle_retries = max_throttle_retries
         self._max_retry_after_seconds = max_retry_after_seconds
         self._sleep = sleep
+        self.metrics = metrics
+        self._host = urlsplit(str(api_client.configuration.host)).netloc
         self._token_mtime_ns: int | None = None
         if token_file is not None:
             self.refresh_credentials()
@@ -174,8 +179,16 @@ class KubeClient:
                 _request_timeout=request_timeout,
             )
         except _TRANSPORT_ERRORS as exc:
+            self._count(method, "<error>")
             raise ApiUnavailable(f"{method} {path}: {exc or type(exc).__name__}") from exc
+        self._count(method, str(response.status))
         return response
+
+    def _count(self, method: str, code: str) -> None:
+        if self.metrics is not None:
+            self.metrics.rest_client_requests_total.labels(
+                code=code, method=method, host=self._host
+            ).inc()
 
     async def request(
         self,

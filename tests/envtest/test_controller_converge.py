@@ -115,8 +115,9 @@ async def running_manager(
         recorders.append(ConcurrencyRecorder(inner))
         return recorders[-1]
 
-    async with await KubeClient.from_kubeconfig(control_plane.kubeconfig) as client:
-        metrics = Metrics()
+    metrics = Metrics()
+    async with await KubeClient.from_kubeconfig(control_plane.kubeconfig,
+                                                metrics=metrics) as client:
         elector = LeaseElector(
             client, namespace=namespace, name=elector_lease, identity=identity, metrics=metrics,
         ) if elector_lease else None
@@ -216,3 +217,7 @@ async def test_500_objects_converge_without_concurrent_reconciles(
         assert ("workqueue_longest_running_processor_seconds", queue) in values
         assert values[("leader_election_master_status", (("name", "copy-leader"),))] == 1
         assert values[("kaito_informer_relists_total", (("resource", "configmaps"),))] >= 1
+        created = sum(value for (name, labels), value in values.items()
+                      if name == "rest_client_requests_total"
+                      and ("code", "201") in labels and ("method", "POST") in labels)
+        assert created >= 1000, "500 sources by the test and 500 copies by the controller"
