@@ -21,6 +21,7 @@ SECRET_CA_CERT = "ca.crt"
 SECRET_CA_KEY = "ca.key"
 SECRET_TLS_CERT = "tls.crt"
 SECRET_TLS_KEY = "tls.key"
+SECRET_PREVIOUS_CA_CERT = "ca-previous.crt"
 
 
 @dataclass(frozen=True)
@@ -41,14 +42,24 @@ class Bundle:
 
     ca: KeyPair
     serving: KeyPair
+    previous_ca_cert_pem: bytes = b""
+    """The CA this one replaced: kept in caBundle so that replicas still serving a
+    certificate from it are trusted until they pick up the new pair."""
+
+    def trust_bundle(self) -> bytes:
+        """What goes into the webhook configurations' caBundle."""
+        return self.ca.cert_pem + self.previous_ca_cert_pem
 
     def to_secret_data(self) -> dict[str, bytes]:
-        return {
+        data = {
             SECRET_CA_CERT: self.ca.cert_pem,
             SECRET_CA_KEY: self.ca.key_pem,
             SECRET_TLS_CERT: self.serving.cert_pem,
             SECRET_TLS_KEY: self.serving.key_pem,
         }
+        if self.previous_ca_cert_pem:
+            data[SECRET_PREVIOUS_CA_CERT] = self.previous_ca_cert_pem
+        return data
 
     @classmethod
     def from_secret_data(cls, data: dict[str, bytes]) -> Bundle | None:
@@ -56,6 +67,7 @@ class Bundle:
             return cls(
                 ca=KeyPair(data[SECRET_CA_CERT], data[SECRET_CA_KEY]),
                 serving=KeyPair(data[SECRET_TLS_CERT], data[SECRET_TLS_KEY]),
+                previous_ca_cert_pem=data.get(SECRET_PREVIOUS_CA_CERT, b""),
             )
         except KeyError:
             return None
@@ -183,6 +195,18 @@ def next_bundle(
             and serving_is_usable(current, dns_names, ip_addresses, now, renew_before)
             and ca_is_usable(current.ca, now, renew_before)):
         return None
-    ca = current.ca if current is not None and ca_is_usable(current.ca, now, renew_before) \
-        else make_ca("kaito-webhook-ca", now, ca_valid_days)
-    return Bundle(ca, make_serving_cert(ca, dns_names, ip_addresses, now, cert_valid_days))
+    if current is not None and ca_is_usable(current.ca, now, renew_before):
+        ca, previous = current.ca, current.previous_ca_cert_pem
+    else:
+        ca = make_ca("kaito-webhook-ca", now, ca_valid_days)
+        previous = _still_valid_pem(current.ca, now) if current is not None else b""
+    return Bundle(ca, make_serving_cert(ca, dns_names, ip_addresses, now, cert_valid_days),
+                  previous)
+
+
+def _still_valid_pem(pair: KeyPair, now: datetime.datetime) -> bytes:
+    try:
+        cert = pair.certificate
+    except ValueError:
+        return b""
+    return pair.cert_pem if cert.not_valid_after_utc > now else b""

@@ -17,9 +17,11 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 from aiohttp import web
 from cryptography import x509
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
 
 from presets.catalog import load_catalog
 from webhook.admission import ConfigMapReader
@@ -111,8 +113,21 @@ class CertRotator:
             raise RuntimeError("could not store the webhook certificates (conflicts)")
         await self._tls.load_bundle(bundle, self._cert_dir)
         await patch_ca_bundle(self._api, s.mutating_configuration, s.validating_configuration,
-                              bundle.ca.cert_pem)
+                              bundle.trust_bundle())
         return bundle
+
+    async def first_sync(self, max_backoff_seconds: float = 30.0) -> None:
+        """Syncs until it succeeds (the API server may not be reachable yet)."""
+        backoff_seconds = 0.5
+        while True:
+            try:
+                await self.sync()
+                return
+            except (ApiException, aiohttp.ClientError, OSError, TimeoutError, RuntimeError) as error:
+                log.warning("certificate setup failed; retrying",
+                            extra={"error": str(error), "retry_in_seconds": backoff_seconds})
+                await asyncio.sleep(backoff_seconds)
+                backoff_seconds = min(2 * backoff_seconds, max_backoff_seconds)
 
     async def run(self) -> None:
         """Re-checks every check_interval_seconds; errors are logged and retried."""
@@ -180,7 +195,7 @@ async def serve(settings: WebhookSettings, stop: asyncio.Event) -> None:
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="kaito-webhook-")))
             cert_dir.mkdir(parents=True, exist_ok=True)
             rotator = CertRotator(api, settings, tls, cert_dir)
-            await rotator.sync()
+            await rotator.first_sync()
             background.append(asyncio.create_task(rotator.run(), name="webhook-cert-rotation"))
         app = build_app(load_catalog(), reader, metrics=WebhookMetrics(),
                         ready=lambda: tls.is_loaded)

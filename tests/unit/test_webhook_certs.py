@@ -74,6 +74,10 @@ def test_ca_is_replaced_before_it_expires() -> None:
     assert bundle is not None
     renewed = _bundle(NOW + datetime.timedelta(days=3640), bundle)
     assert renewed is not None and renewed.ca != bundle.ca
+    # Replicas still serving from the old CA stay trusted until they reload.
+    assert renewed.trust_bundle() == renewed.ca.cert_pem + bundle.ca.cert_pem
+    assert Bundle.from_secret_data(renewed.to_secret_data()) == renewed
+    assert _bundle(NOW + datetime.timedelta(days=3700), renewed) is None
 
 
 def test_new_names_or_broken_data_force_a_new_pair() -> None:
