@@ -28,8 +28,9 @@ Tuning (one node; device_map="auto" spreads layers over its G GPUs):
     total     = weights + adapter state + activations + logits + 1 GiB
     per GPU   = (total - 1 GiB) / G + 1 GiB
 
-QLoRA runs with gradient checkpointing by default (peft's prepare_model_for_kbit_training
-turns it on); LoRA does not unless the config asks for it.
+Defaults follow this project's tuning runtime (runtime/tuning/config.py): batch 1, sequence
+length min(context, 1024) (DatasetConfig.max_seq_length), LoRA rank 8, and no gradient
+checkpointing unless TrainingArguments.gradient_checkpointing asks for it (for both methods).
 
 Checked against published figures in tests/unit/test_presets.py: the QLoRA paper's
 "65B on a single 48 GB GPU" and "33B on a 24 GB consumer GPU" (r=64, batch 1, seq 512,
@@ -47,7 +48,7 @@ from presets.catalog import GIB, Catalog, GpuSku, ModelPreset
 OVERHEAD_BYTES = GIB
 INFERENCE_MAX_TOKENS = 8192
 DEFAULT_LORA_RANK = 8
-DEFAULT_TUNING_SEQ_LEN = 2048
+DEFAULT_TUNING_SEQ_LEN = 1024
 QLORA_BYTES_PER_LINEAR_PARAM = (4 + 0.127) / 8
 ADAPTER_STATE_BYTES_PEFT = 16
 ADAPTER_STATE_BYTES_BF16 = 12
@@ -61,15 +62,8 @@ class TuningShape:
     batch_size: int = 1
     seq_len: int = DEFAULT_TUNING_SEQ_LEN
     lora_rank: int = DEFAULT_LORA_RANK
-    gradient_checkpointing: bool | None = None
-    """None: the method's default (on for qlora, off for lora)."""
+    gradient_checkpointing: bool = False
     adapter_state_bytes: int = ADAPTER_STATE_BYTES_PEFT
-
-    @property
-    def is_checkpointing(self) -> bool:
-        if self.gradient_checkpointing is None:
-            return self.method == "qlora"
-        return self.gradient_checkpointing
 
 
 @dataclass(frozen=True)
@@ -124,7 +118,7 @@ def tuning_estimate(preset: ModelPreset, shape: TuningShape) -> TuningEstimate:
     mlp_matrices = 3 if preset.gated_mlp else 2
     tokens = shape.batch_size * shape.seq_len
     per_token_layer = 24 * h + 4 * (mlp_matrices - 1) * i
-    if shape.is_checkpointing:
+    if shape.gradient_checkpointing:
         activations = preset.layers * tokens * 2 * h + tokens * per_token_layer
     else:
         activations = preset.layers * tokens * per_token_layer

@@ -49,7 +49,7 @@ class TuningConfig:
             batch_size=batch if _is_positive_int(batch) else 1,
             seq_len=seq if _is_positive_int(seq) else default_seq_len(preset),
             lora_rank=rank if _is_positive_int(rank) else DEFAULT_LORA_RANK,
-            gradient_checkpointing=checkpointing if isinstance(checkpointing, bool) else None,
+            gradient_checkpointing=checkpointing is True,
         )
 
     def uses_bfloat16(self) -> bool:

@@ -114,7 +114,7 @@ def _llama(params_billion: float, layers: int, hidden: int, intermediate: int) -
 # The QLoRA paper's setting: r=64 on every linear layer, batch 1, seq 512, gradient
 # checkpointing, bf16 adapters with 32-bit Adam.
 QLORA_PAPER = TuningShape(
-    method="qlora", batch_size=1, seq_len=512, lora_rank=64,
+    method="qlora", batch_size=1, seq_len=512, lora_rank=64, gradient_checkpointing=True,
     adapter_state_bytes=ADAPTER_STATE_BYTES_BF16,
 )
 

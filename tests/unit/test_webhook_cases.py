@@ -203,11 +203,12 @@ INVALID_CASES: list[Case] = [
          configmap={CONFIG_KEY: "training_config: [unclosed"}),
     Case("tuning-memory-estimate-too-big",
          _tuning(tuning__config=CONFIG_NAME, tuning__preset={"name": "phi-3-medium-128k-instruct"}),
-         "qlora of phi-3-medium-128k-instruct at batch 4, seq 2048 needs about 16.3 GiB per GPU; "
+         "qlora of phi-3-medium-128k-instruct at batch 4, seq 2048 needs about 92.3 GiB per GPU; "
          "Standard_NC6s_v3 has 16 GiB; the smallest instance type that fits is "
-         "Standard_NV36ads_A10_v5",
+         "Standard_NC40ads_H100_v5 (1x H100 94 GiB)",
          configmap=training_config({**QLORA_OK,
-                                    "TrainingArguments": {"per_device_train_batch_size": 4}})),
+                                    "TrainingArguments": {"per_device_train_batch_size": 4},
+                                    "DatasetConfig": {"max_seq_length": 2048}})),
 ]
 
 

@@ -134,7 +134,7 @@ def test_config_drives_the_memory_estimate() -> None:
     }))
     assert errors == [] and isinstance(config, TuningConfig)
     shape = config.shape("qlora", preset)
-    assert (shape.batch_size, shape.seq_len, shape.lora_rank, shape.is_checkpointing) == (
+    assert (shape.batch_size, shape.seq_len, shape.lora_rank, shape.gradient_checkpointing) == (
         8, 1024, 32, False)
     assert not config.uses_bfloat16()
 
@@ -183,3 +183,15 @@ def test_validate_does_not_mutate_its_input() -> None:
     default(ws, load_catalog())
     validate(ws, None, load_catalog())
     assert ws.to_dict() == before
+
+
+def test_gradient_checkpointing_in_the_config_shrinks_the_estimate() -> None:
+    raw = _edit(SEED, tuning__config="cfg", tuning__preset={"name": "phi-3-medium-128k-instruct"},
+                resource__instanceType="Standard_NV36ads_A10_v5")
+    heavy: dict[str, dict[str, Any]] = {"QuantizationConfig": {"load_in_4bit": True},
+             "TrainingArguments": {"per_device_train_batch_size": 4},
+             "DatasetConfig": {"max_seq_length": 2048}}
+    errors = run_webhook(raw, training_config(heavy))
+    assert any("Standard_NV36ads_A10_v5 has 24 GiB" in e for e in errors)
+    heavy["TrainingArguments"]["gradient_checkpointing"] = True
+    assert run_webhook(raw, training_config(heavy)) == []
