@@ -6,8 +6,11 @@ injected reader (the only I/O), and calls the pure defaulting / validation funct
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import jsonpatch
 from pydantic import ValidationError
@@ -23,6 +26,16 @@ from webhook.validation import admission_warnings, validate
 log = logging.getLogger(__name__)
 
 SPEC_KEYS = ("resource", "inference", "tuning")
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+async def _run(offload: bool, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """Runs a pure step here, or on a worker thread for large objects so the loop stays free."""
+    if offload:
+        return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+    return fn(*args, **kwargs)
 
 
 class ConfigMapUnavailable(Exception):
@@ -52,6 +65,23 @@ def _workspace(obj: dict[str, Any], root: str = "") -> Workspace | list[FieldErr
         return _parse_errors(error, root)
 
 
+def _parse_pair(
+    obj: dict[str, Any], old_obj: dict[str, Any] | None
+) -> tuple[Workspace | list[FieldError], Workspace | None]:
+    parsed = _workspace(obj)
+    old = _workspace(old_obj) if old_obj is not None else None
+    # A stored object we cannot read is treated as absent: rules run as on create.
+    return parsed, (old if isinstance(old, Workspace) else None)
+
+
+def _default_patch(parsed: Workspace, old: Workspace | None, presets: Catalog,
+                   config: TuningConfig | None) -> list[dict[str, Any]]:
+    defaulted = default(parsed, presets, old=old, tuning_config=config)
+    before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
+    after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
+    return list(jsonpatch.make_patch(before, after))
+
+
 async def _config_data(
     ws: Workspace, namespace: str, reader: ConfigMapReader
 ) -> dict[str, str] | None:
@@ -64,17 +94,15 @@ def _namespace(review: AdmissionReview, ws: Workspace) -> str:
     return review.request.namespace or ws.metadata.namespace or "default"
 
 
-async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader) -> dict[str, Any]:
+async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader,
+                 *, offload: bool = False) -> dict[str, Any]:
     """Defaults as a JSONPatch; objects the validator will deny pass through untouched."""
     request = review.request
     if request.operation not in ("CREATE", "UPDATE") or request.object is None:
         return allowed(request.uid)
-    parsed = _workspace(request.object)
+    parsed, old = await _run(offload, _parse_pair, request.object, request.old_object)
     if isinstance(parsed, list):
         return denied(request.uid, join(parsed))
-    old = _workspace(request.old_object) if request.old_object is not None else None
-    if isinstance(old, list):
-        old = None  # a stored object we cannot read: default as on create
     config: TuningConfig | None = None
     try:
         data = await _config_data(parsed, _namespace(review, parsed), reader)
@@ -83,36 +111,32 @@ async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapRea
                       code=503, reason="ServiceUnavailable")
     if parsed.tuning is not None and parsed.tuning.config:
         config, _ = parse_tuning_config(parsed.tuning.config, data)
-    defaulted = default(parsed, presets, old=old, tuning_config=config)
-    before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
-    after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
-    patch = list(jsonpatch.make_patch(before, after))
+    patch = await _run(offload, _default_patch, parsed, old, presets, config)
     warnings = deprecation_warnings(parsed) if request.operation == "CREATE" else []
     return allowed(request.uid, patch=patch, warnings=warnings)
 
 
-async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader) -> dict[str, Any]:
+async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader,
+                *, offload: bool = False) -> dict[str, Any]:
     """Admits or denies with every problem named by its field path."""
     request = review.request
     if request.operation not in ("CREATE", "UPDATE") or request.object is None:
         return allowed(request.uid)
-    parsed = _workspace(request.object)
+    parsed, old = await _run(offload, _parse_pair, request.object, request.old_object)
     if isinstance(parsed, list):
         return denied(request.uid, join(parsed))
     if parsed.metadata.deletion_timestamp is not None:
         return allowed(request.uid)  # never block finalizer removal
-    old = _workspace(request.old_object) if request.old_object is not None else None
-    if isinstance(old, list):
-        old = None
     try:
         data = await _config_data(parsed, _namespace(review, parsed), reader)
     except ConfigMapUnavailable as error:
         return denied(request.uid, f"tuning.config: could not read the ConfigMap: {error}",
                       code=503, reason="ServiceUnavailable")
-    errors = validate(parsed, old, presets, tuning_config_data=data)
+    errors = await _run(offload, validate, parsed, old, presets, tuning_config_data=data)
     if errors:
         log.info("workspace denied", extra={"uid": request.uid, "workspace": parsed.metadata.name,
                                             "errors": len(errors)})
         return denied(request.uid, join(errors))
-    return allowed(request.uid, warnings=admission_warnings(parsed, presets,
-                                                           tuning_config_data=data))
+    warnings = await _run(offload, admission_warnings, parsed, presets,
+                          tuning_config_data=data)
+    return allowed(request.uid, warnings=warnings)

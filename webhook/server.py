@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,10 +25,15 @@ log = logging.getLogger(__name__)
 MUTATE_PATH = "/mutate-kaito-sh-v1beta1-workspace"
 VALIDATE_PATH = "/validate-kaito-sh-v1beta1-workspace"
 MAX_BODY_BYTES = 7 * 1024 * 1024
-# Bodies larger than this are parsed on a worker thread so the event loop stays free.
+# Reviews larger than this are parsed and decided on a worker thread so the loop stays free.
 THREAD_PARSE_BYTES = 64 * 1024
 
-Decide = Callable[[AdmissionReview, Catalog, ConfigMapReader], Awaitable[dict[str, Any]]]
+
+
+class Decide(Protocol):
+    def __call__(self, review: AdmissionReview, presets: Catalog, reader: ConfigMapReader, *,
+                 offload: bool = False) -> Awaitable[dict[str, Any]]: ...
+
 
 CATALOG = web.AppKey("catalog", Catalog)
 CONFIGMAPS = web.AppKey("configmaps", ConfigMapReader)
@@ -61,15 +66,14 @@ async def _answer(request: web.Request, decide: Decide) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return web.json_response({"error": f"body exceeds {MAX_BODY_BYTES} bytes"}, status=413)
+    is_large = len(body) > THREAD_PARSE_BYTES
     try:
-        if len(body) > THREAD_PARSE_BYTES:
-            review = await asyncio.to_thread(parse_review, body)
-        else:
-            review = parse_review(body)
+        review = await asyncio.to_thread(parse_review, body) if is_large else parse_review(body)
     except MalformedReview as error:
         return web.json_response({"error": str(error), "uid": error.uid}, status=400)
     try:
-        answer = await decide(review, request.app[CATALOG], request.app[CONFIGMAPS])
+        answer = await decide(review, request.app[CATALOG], request.app[CONFIGMAPS],
+                              offload=is_large)
     except Exception:
         log.exception("admission decision failed", extra={"uid": review.request.uid})
         answer = denied(review.request.uid, "internal error in the kaito webhook", code=500,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import copy
 import io
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -210,3 +212,29 @@ async def test_health_and_metrics(http: TestClient[Any, Any]) -> None:
         in text
     assert "controller_runtime_webhook_latency_seconds_bucket" in text
     assert "controller_runtime_webhook_requests_in_flight" in text
+
+
+async def test_large_review_does_not_block_the_event_loop(http: TestClient[Any, Any]) -> None:
+    # 150k URLs (~6.4 MiB) take seconds to check; the loop must keep answering meanwhile.
+    urls = [f"https://example.com/data/{i:08d}.parquet" for i in range(150_000)]
+    body = json.dumps(review(_edit(SEED, tuning__input__urls=urls))).encode()
+    assert len(body) < MAX_BODY_BYTES
+    loop = asyncio.get_running_loop()
+    ticks = [loop.time()]
+
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            ticks.append(loop.time())
+
+    ticker = asyncio.create_task(tick(), name="loop-lag-probe")
+    try:
+        response = await http.post(VALIDATE_PATH, data=io.BytesIO(body),
+                                   headers={"Content-Type": "application/json"})
+        answer = await response.json()
+    finally:
+        ticker.cancel()
+    ticks.append(loop.time())
+    assert response.status == 200 and answer["response"]["allowed"] is True
+    longest = max(later - earlier for earlier, later in itertools.pairwise(ticks))
+    assert longest < 0.5, f"event loop blocked for {longest:.2f}s"
