@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,19 @@ def _to_tensors(batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
     if batch.position_ids is not None:
         tensors["position_ids"] = torch.tensor(batch.position_ids, device=device)
     return tensors
+
+
+def _keep_quantized_layers_in_train_mode(model: Any) -> None:
+    """bitsandbytes repacks 4-bit weights on CPU into an inference-only layout on the
+    first eval-mode forward, and backward through that layout is silently wrong; the
+    quantized layers (which have no dropout) therefore stay in train mode during eval."""
+    try:
+        from bitsandbytes.nn.modules import Linear4bit
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.train()
 
 
 def _target_count(batch: Batch) -> int:
@@ -162,6 +176,7 @@ class Trainer:
             return None
         was_training = self.model.training
         self.model.eval()
+        _keep_quantized_layers_in_train_mode(self.model)
         size = self.config.training.per_device_eval_batch_size
         ordered = sorted(self.held_out, key=lambda item: len(item.input_ids))
         total_loss, total_tokens = 0.0, 0
@@ -283,6 +298,43 @@ class Trainer:
             )
         return batches
 
+    def _train_step(self, step: int, outcome: TrainingOutcome) -> None:
+        micro = self._micro_batches(step)
+        group_targets = sum(_target_count(batch) for batch in micro)
+        step_loss, step_tokens = 0.0, 0
+        for batch in micro:
+            with quiet_library_deprecations():
+                output = self.model(
+                    **_to_tensors(batch, self.device),
+                    use_cache=False,
+                    num_items_in_batch=group_targets,
+                )
+            self.scaler.scale(output.loss).backward()
+            step_loss += float(output.loss.detach())
+            step_tokens += batch.real_tokens
+        max_grad_norm = self.config.training.max_grad_norm
+        if max_grad_norm and max_grad_norm > 0:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        learning_rate = float(self.scheduler.get_last_lr()[0])
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        outcome.losses.append(round(step_loss, 6))
+        outcome.tokens_trained += step_tokens
+        self.progress.record_step(
+            done,
+            loss=step_loss,
+            learning_rate=learning_rate,
+            tokens=step_tokens,
+            epoch=done * self.accumulation / self.batches_per_epoch,
+        )
+        if done % self.save_every == 0 and done < self.total_steps:
+            self.save_checkpoint(done, {"eval_before": outcome.eval_before, "losses": outcome.losses})
+
     def train(self) -> TrainingOutcome:
         start_step = 0
         extra: dict[str, Any] = {}
@@ -307,45 +359,13 @@ class Trainer:
         self.progress.set_phase("training")
         self.progress.begin_training(self.total_steps, start_step)
         self.model.train()
-        max_grad_norm = self.config.training.max_grad_norm
-        params = [p for p in self.model.parameters() if p.requires_grad]
         started = time.monotonic()
-        for step in range(start_step, self.total_steps):
-            micro = self._micro_batches(step)
-            group_targets = sum(_target_count(batch) for batch in micro)
-            step_loss, step_tokens = 0.0, 0
-            for batch in micro:
-                with quiet_library_deprecations():
-                    output = self.model(
-                        **_to_tensors(batch, self.device),
-                        use_cache=False,
-                        num_items_in_batch=group_targets,
-                    )
-                self.scaler.scale(output.loss).backward()
-                step_loss += float(output.loss.detach())
-                step_tokens += batch.real_tokens
-            if max_grad_norm and max_grad_norm > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            learning_rate = float(self.scheduler.get_last_lr()[0])
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            outcome.losses.append(round(step_loss, 6))
-            outcome.tokens_trained += step_tokens
-            self.progress.record_step(
-                done,
-                loss=step_loss,
-                learning_rate=learning_rate,
-                tokens=step_tokens,
-                epoch=done * self.accumulation / self.batches_per_epoch,
-            )
-            if done % self.save_every == 0 and done < self.total_steps:
-                self.save_checkpoint(
-                    done, {"eval_before": outcome.eval_before, "losses": outcome.losses}
-                )
+        with warnings.catch_warnings():
+            # A backward through an op without autograd support yields wrong gradients
+            # with only a warning; fail the job instead of training garbage.
+            warnings.filterwarnings("error", message=r".*autograd kernel was not registered.*")
+            for step in range(start_step, self.total_steps):
+                self._train_step(step, outcome)
         outcome.train_seconds = time.monotonic() - started
         self.progress.set_phase("evaluating", "held-out loss after training")
         outcome.eval_after = self.evaluate()

