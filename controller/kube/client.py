@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,29 @@ KubeObject = dict[str, Any]
 SERVICE_ACCOUNT_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+_PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
+
+
+def proxy_env_is_set() -> bool:
+    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in _PROXY_VARIABLES)
+
+
+def _disable_trust_env(api_client: k8s_client.ApiClient) -> None:
+    """Swap kubernetes_asyncio's trust_env session for one without it.
+
+    With trust_env aiohttp looks up proxy settings and netrc in a worker thread on every
+    request: two thread hops that more than double the client's CPU per call. We only
+    pay that when a proxy variable is actually set.
+    """
+    rest = api_client.rest_client
+    old: aiohttp.ClientSession = rest.pool_manager
+    connector = old.connector
+    old.detach()
+    rest.pool_manager = aiohttp.ClientSession(
+        connector=connector, trust_env=False, read_bufsize=2**21
+    )
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,7 @@ class KubeClient:
         max_retry_after_seconds: float = 60.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: Metrics | None = None,
+        trust_env: bool | None = None,
     ) -> None:
         if request_timeout_seconds <= 0:
             raise ValueError("request_timeout_seconds must be positive")
@@ -86,6 +111,8 @@ class KubeClient:
         self.metrics = metrics
         self._host = urlsplit(str(api_client.configuration.host)).netloc
         self._token_mtime_ns: int | None = None
+        if not (proxy_env_is_set() if trust_env is None else trust_env):
+            _disable_trust_env(api_client)
         if token_file is not None:
             self.refresh_credentials()
 

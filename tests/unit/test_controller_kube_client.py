@@ -364,3 +364,18 @@ async def test_typed_resource_round_trips_models(server: FakeApiServer) -> None:
                     "metadata": {"name": "b", "namespace": "ns"}, "data": {"x": "y"}}
     assert bodies[1][:2] == ("PUT", "/api/v1/namespaces/ns/configmaps/a/status")
     assert bodies[1][2]["metadata"]["resourceVersion"] == "7"
+
+
+async def test_trust_env_only_when_a_proxy_is_configured(
+    server: FakeApiServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("https_proxy", "http_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    async with make_client(server.url) as client:
+        assert client._api.rest_client.pool_manager.trust_env is False
+        server.handler = lambda request: asyncio.sleep(0, web.json_response({"metadata": {}}))
+        await client.get(CONFIGMAPS, "a", "ns")  # the swapped session works
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    async with make_client(server.url) as client:
+        assert client._api.rest_client.pool_manager.trust_env is True
