@@ -47,6 +47,12 @@ def _dev(args: argparse.Namespace) -> int:
     return devcli.run(args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from kaito import demo
+
+    return demo.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaito", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -62,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     devcli.add_arguments(dev)
     dev.set_defaults(handler=_dev)
+
+    demo_parser = commands.add_parser("demo", help="the main job on the local cluster")
+    from kaito import demo
+
+    demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(handler=_demo)
 
     for name, (_, help_text) in _COMPONENTS.items():
         commands.add_parser(name, help=help_text, add_help=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -58,31 +59,57 @@ def _running_pids(state: dict[str, object]) -> dict[str, int]:
     return {name: int(pid) for name, pid in pids.items() if _alive(int(pid))}
 
 
-def up(args: argparse.Namespace) -> int:
-    state = _read_state(args.dir)
+def ensure_up(directory: Path, *, gpu_nodes: int, instance_type: str) -> dict[str, object]:
+    """Starts the cluster unless it already runs; returns its state."""
+    state = _read_state(directory)
     if state and _running_pids(state):
-        print(f"already up; export KUBECONFIG={state['kubeconfig']}")
-        return 0
-    if args.dir.exists():
-        down(args, quiet=True)
+        return {**state, "is_reused": True}
+    if directory.exists():
+        _stop(directory)
     started = time.monotonic()
-    cluster = LocalCluster(args.dir, find_binaries(), with_nodes=True)
+    cluster = LocalCluster(directory, find_binaries(), with_nodes=True)
     cluster.start()
-    for index in range(args.gpu_nodes):
-        cluster.create_gpu_node(f"gpu-node-{index}", instance_type=args.instance_type)
-    _state_path(args.dir).write_text(json.dumps({
+    for index in range(gpu_nodes):
+        cluster.create_gpu_node(f"gpu-node-{index}", instance_type=instance_type)
+    state = {
         "kubeconfig": str(cluster.kubeconfig),
         "server": cluster.server,
+        "logs": str(cluster.log_dir),
         "pids": cluster.pids(),
-    }, indent=2))
-    print(f"local cluster up in {time.monotonic() - started:.1f} s at {cluster.server}")
-    print(f"logs: {cluster.log_dir}")
-    print(f"export KUBECONFIG={cluster.kubeconfig}")
+        "started_seconds": round(time.monotonic() - started, 1),
+    }
+    _state_path(directory).write_text(json.dumps(state, indent=2))
+    return state
+
+
+def add_process(directory: Path, name: str, pid: int) -> None:
+    """Records a helper process (e.g. the demo's webhook) for `down` to stop."""
+    state = _read_state(directory) or {}
+    pids = state.setdefault("pids", {})
+    assert isinstance(pids, dict)
+    pids[name] = pid
+    _state_path(directory).write_text(json.dumps(state, indent=2))
+
+
+def up(args: argparse.Namespace) -> int:
+    state = ensure_up(args.dir, gpu_nodes=args.gpu_nodes, instance_type=args.instance_type)
+    if state.get("is_reused"):
+        print(f"already up at {state['server']}")
+    else:
+        print(f"local cluster up in {state['started_seconds']} s at {state['server']}")
+    print(f"logs: {state.get('logs')}")
+    print(f"export KUBECONFIG={state['kubeconfig']}")
     return 0
 
 
-def down(args: argparse.Namespace, *, quiet: bool = False) -> int:
-    state = _read_state(args.dir)
+def down(args: argparse.Namespace) -> int:
+    stopped = _stop(args.dir)
+    print(f"local cluster down ({stopped} processes stopped)")
+    return 0
+
+
+def _stop(directory: Path) -> int:
+    state = _read_state(directory)
     pids = _running_pids(state) if state else {}
     for pid in pids.values():
         os.kill(pid, signal.SIGTERM)
@@ -92,13 +119,8 @@ def down(args: argparse.Namespace, *, quiet: bool = False) -> int:
     for pid in pids.values():
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    if args.dir.exists():
-        import shutil
-
-        shutil.rmtree(args.dir, ignore_errors=True)
-    if not quiet:
-        print(f"local cluster down ({len(pids)} processes stopped)")
-    return 0
+    shutil.rmtree(directory, ignore_errors=True)
+    return len(pids)
 
 
 def status(args: argparse.Namespace) -> int:
@@ -107,7 +129,8 @@ def status(args: argparse.Namespace) -> int:
         print("not running")
         return 1
     pids = _running_pids(state)
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"):
+    recorded = state.get("pids")
+    for name in recorded if isinstance(recorded, dict) else {}:
         print(f"{name:24} {'running' if name in pids else 'stopped'}")
     print(f"export KUBECONFIG={state['kubeconfig']}")
     return 0 if pids else 1

@@ -49,7 +49,7 @@ class CertificateAuthority:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         subject = _name("kaito-dev-ca")
         self.cert = (
             x509.CertificateBuilder()
@@ -87,7 +87,7 @@ class CertificateAuthority:
         is_server: bool = False,
     ) -> KeyPair:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         usages = [ExtendedKeyUsageOID.SERVER_AUTH] if is_server else []
         usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (

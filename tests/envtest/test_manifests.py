@@ -63,8 +63,8 @@ def test_default_bundle_installs(installed: LocalCluster) -> None:
     (WEBHOOK, "get", "secrets/other", "kaito-system", False),
     (WEBHOOK, "list", "secrets", "kaito-system", False),
     (WEBHOOK, "patch",
-     "validatingwebhookconfigurations.admissionregistration.k8s.io/"
-     "kaito-validating-webhook-configuration", "", True),
+     ("validatingwebhookconfigurations.admissionregistration.k8s.io/"
+      "kaito-validating-webhook-configuration"), "", True),
     (WEBHOOK, "patch",
      "validatingwebhookconfigurations.admissionregistration.k8s.io/someone-else", "", False),
     (WEBHOOK, "update", "workspaces.kaito.sh", "default", False),
