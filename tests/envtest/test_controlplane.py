@@ -74,7 +74,7 @@ async def test_watch_sees_added_and_modified(
     await custom.create_namespaced_custom_object(GROUP, "v1", namespace, PLURAL, body)
     await custom.patch_namespaced_custom_object(
         GROUP, "v1", namespace, PLURAL, "w1", {"size": 2},
-        _content_type="application/merge-patch+json",
+        _content_type="application/merge-patch+json",  # type: ignore[call-arg]
     )
     seen: list[tuple[str, int]] = []
     stream = watch.Watch()
