@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.meta import ApiModel, Condition, FreeForm, ObjectMeta
+from crds.meta import ApiModel, Condition, FreeForm, ObjectMeta, conditions_field
 
 GROUP = "karpenter.sh"
 NODECLAIM_VERSION = "v1"
@@ -104,8 +104,9 @@ class NodeClaimStatus(ApiModel):
     """The node's resource capacity."""
     allocatable: dict[str, Quantity] | None = None
     """The node's allocatable resources."""
-    conditions: list[Condition] | None = None
-    """Conditions: Launched, Registered, Initialized, Ready."""
+    conditions: list[Condition] | None = conditions_field(
+        "Conditions: Launched, Registered, Initialized, Ready."
+    )
 
 
 class NodeClaim(ApiModel):

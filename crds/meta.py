@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
 # A JSON-schema fragment the CRD generator keeps as an opaque object (PodTemplateSpec,
@@ -16,6 +16,17 @@ from pydantic.alias_generators import to_camel
 FREE_FORM: dict[str, Any] = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
 
 FreeForm = Annotated[dict[str, Any], WithJsonSchema(FREE_FORM)]
+
+# Conditions are a map keyed by type (server-side apply merges them by type).
+CONDITIONS_LIST_MAP: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["type"],
+}
+
+
+def conditions_field(description: str) -> Any:
+    """A `conditions` field: optional list of Condition, a list-map keyed by type."""
+    return Field(default=None, description=description, json_schema_extra=CONDITIONS_LIST_MAP)
 
 
 class ApiModel(BaseModel):
@@ -96,3 +107,29 @@ def is_condition_true(conditions: list[Condition] | None, condition_type: str) -
     """Whether a condition of this type exists with status True."""
     condition = find_condition(conditions, condition_type)
     return condition is not None and condition.status == "True"
+
+
+def set_condition(
+    conditions: list[Condition] | None,
+    condition: Condition,
+) -> list[Condition]:
+    """A new list with `condition` set; lastTransitionTime is kept when the status is the same.
+
+    Order is preserved (a new type is appended), so writing the same conditions twice gives
+    the same object and no needless update.
+    """
+    updated: list[Condition] = []
+    found = False
+    for existing in conditions or []:
+        if existing.type != condition.type:
+            updated.append(existing)
+            continue
+        found = True
+        if existing.status == condition.status:
+            condition = condition.model_copy(
+                update={"last_transition_time": existing.last_transition_time}
+            )
+        updated.append(condition)
+    if not found:
+        updated.append(condition)
+    return updated

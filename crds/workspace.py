@@ -11,7 +11,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from crds.meta import ApiModel, Condition, FreeForm, LabelSelector, ObjectMeta
+from crds.meta import (
+    ApiModel,
+    Condition,
+    FreeForm,
+    LabelSelector,
+    ObjectMeta,
+    conditions_field,
+)
 
 GROUP = "kaito.sh"
 KIND = "Workspace"
@@ -157,8 +164,9 @@ class WorkspaceStatus(ApiModel):
 
     worker_nodes: list[str] | None = None
     """Names of the nodes the workload runs on."""
-    conditions: list[Condition] | None = None
-    """Conditions: ResourceReady, InferenceReady, JobStarted, WorkspaceSucceeded."""
+    conditions: list[Condition] | None = conditions_field(
+        "Conditions: ResourceReady, InferenceReady, JobStarted, WorkspaceSucceeded."
+    )
     state: str | None = None
     """A one-word summary of the workspace's phase."""
     target_node_count: int | None = None

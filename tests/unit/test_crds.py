@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from crds.generate import render_crd_files, render_crds, write_crds
 from crds.karpenter import Machine, NodeClaim
-from crds.meta import is_condition_true
+from crds.meta import Condition, find_condition, is_condition_true, set_condition
 from crds.workspace import Workspace
 
 pytestmark = pytest.mark.unit
@@ -224,3 +224,30 @@ def test_karpenter_objects_parse() -> None:
     crds = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(render_crds())}
     assert crds["nodeclaims.karpenter.sh"]["spec"]["scope"] == "Cluster"
     assert crds["machines.karpenter.sh"]["spec"]["versions"][0]["name"] == "v1alpha5"
+
+
+def _condition(type_: str, status: str, when: str, reason: str = "R") -> Condition:
+    return Condition.model_validate({"type": type_, "status": status, "lastTransitionTime": when,
+                                     "reason": reason, "message": ""})
+
+
+def test_set_condition_keeps_transition_time_when_status_is_unchanged() -> None:
+    first = set_condition(None, _condition("ResourceReady", "False", "t1"))
+    assert [c.type for c in first] == ["ResourceReady"]
+    same = set_condition(first, _condition("ResourceReady", "False", "t2", reason="Still"))
+    assert same[0].last_transition_time == "t1" and same[0].reason == "Still"
+    flipped = set_condition(same, _condition("ResourceReady", "True", "t3"))
+    assert flipped[0].last_transition_time == "t3"
+    both = set_condition(flipped, _condition("JobStarted", "True", "t4"))
+    assert [c.type for c in both] == ["ResourceReady", "JobStarted"]
+    assert find_condition(both, "JobStarted") is not None
+    assert find_condition(both, "Nope") is None
+    assert first == [_condition("ResourceReady", "False", "t1")]  # inputs are not mutated
+
+
+def test_conditions_are_a_list_map_keyed_by_type() -> None:
+    schema = _workspace_crd()["spec"]["versions"][1]["schema"]["openAPIV3Schema"]
+    conditions = schema["properties"]["status"]["properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    assert set(conditions["items"]["required"]) >= {"type", "status"}
