@@ -35,7 +35,8 @@ class EventSource(Protocol):
 
     async def wait_synced(self) -> None: ...
 
-    def add_handler(self, handler: EventHandler) -> None: ...
+    def add_handler(self, handler: EventHandler) -> None:
+        """Register `handler`; objects already known are replayed to it as creates."""
 
 
 class Controller:
@@ -64,6 +65,7 @@ class Controller:
             metrics=metrics.queue_metrics(name) if metrics is not None else None,
         )
         self._sources: list[EventSource] = []
+        self._pending_handlers: list[tuple[EventSource, EventHandler]] = []
         self.terminal_errors: dict[str, str] = {}
         if metrics is not None:
             metrics.max_concurrent_reconciles.labels(controller=name).set(workers)
@@ -83,7 +85,12 @@ class Controller:
         map_func: MapFunc = enqueue_object,
         predicates: Iterable[Predicate] = (),
     ) -> None:
-        """Enqueue `map_func(event)` for every event from `source` that passes `predicates`."""
+        """Enqueue `map_func(event)` for every event from `source` that passes `predicates`.
+
+        As in controller-runtime, the handler is attached when the controller starts
+        (on the leader only), and the source replays what it already holds, so a
+        standby replica does not pile keys into a queue nobody works on.
+        """
         checks = tuple(predicates)
 
         def handle(event: Event) -> None:
@@ -92,10 +99,13 @@ class Controller:
                     self.queue.add(request.key)
 
         self._sources.append(source)
-        source.add_handler(handle)
+        self._pending_handlers.append((source, handle))
 
     async def run(self) -> None:
         """Wait for the caches, then work until `shutdown()` (returns) or cancellation."""
+        pending, self._pending_handlers = self._pending_handlers, []
+        for source, handler in pending:
+            source.add_handler(handler)
         for source in self._sources:
             await source.wait_synced()
         log.info("starting workers", extra={"controller": self.name, "workers": self.workers})

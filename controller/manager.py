@@ -11,7 +11,6 @@ leaders.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 
@@ -163,9 +162,8 @@ class Manager:
             log.warning("reconcile did not finish within the grace period",
                         extra={"task": task.get_name()})
             task.cancel()
-        for task in still_running:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if still_running:
+            await asyncio.wait(still_running)
 
     # -- HTTP ----------------------------------------------------------------------------
 

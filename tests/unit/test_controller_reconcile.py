@@ -22,6 +22,7 @@ class FakeSource:
 
     def __init__(self, is_synced: bool = True) -> None:
         self.handlers: list[EventHandler] = []
+        self.objects: dict[str, dict[str, object]] = {}
         self._synced = asyncio.Event()
         if is_synced:
             self._synced.set()
@@ -38,9 +39,12 @@ class FakeSource:
 
     def add_handler(self, handler: EventHandler) -> None:
         self.handlers.append(handler)
+        for obj in self.objects.values():  # replay, as the informer does
+            handler(Event(EventType.CREATE, obj))
 
     def create(self, name: str, namespace: str = "ns", **meta: object) -> None:
         obj = {"metadata": {"name": name, "namespace": namespace, **meta}}
+        self.objects[f"{namespace}/{name}"] = obj
         for handler in self.handlers:
             handler(Event(EventType.CREATE, obj))
 
