@@ -21,7 +21,7 @@ from webhook.defaulting import default, deprecation_warnings
 from webhook.errors import FieldError, join
 from webhook.review import AdmissionReview, allowed, denied
 from webhook.tuning_config import TuningConfig, parse_tuning_config
-from webhook.validation import admission_warnings, validate
+from webhook.validation import admission_warnings, spec_unchanged, validate
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapRead
         return denied(request.uid, join(parsed))
     if parsed.metadata.deletion_timestamp is not None:
         return allowed(request.uid)  # never block finalizer removal
+    if old is not None and spec_unchanged(parsed, old):
+        return allowed(request.uid)  # metadata-only update: no rule (and no I/O) applies
     try:
         data = await _config_data(parsed, _namespace(review, parsed), reader)
     except ConfigMapUnavailable as error:

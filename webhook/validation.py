@@ -29,7 +29,14 @@ def validate(
     *,
     tuning_config_data: dict[str, str] | None = None,
 ) -> list[FieldError]:
-    """All problems with `new` (an update when `old` is given); empty means admitted."""
+    """All problems with `new` (an update when `old` is given); empty means admitted.
+
+    An update that leaves resource/inference/tuning as they were (metadata only: labels,
+    finalizers, annotations) is always admitted, so a ConfigMap deleted after creation or a
+    rule added later cannot block the controller's own writes.
+    """
+    if old is not None and spec_unchanged(new, old):
+        return []
     errors = _name_errors(new)
     has_inference, has_tuning = new.inference is not None, new.tuning is not None
     if has_inference == has_tuning:
@@ -43,6 +50,11 @@ def validate(
     if old is not None:
         errors += _update_errors(new, old)
     return errors
+
+
+def spec_unchanged(new: Workspace, old: Workspace) -> bool:
+    """Whether an update leaves the workspace's spec keys as they were."""
+    return (new.resource, new.inference, new.tuning) == (old.resource, old.inference, old.tuning)
 
 
 def _name_errors(ws: Workspace) -> list[FieldError]:

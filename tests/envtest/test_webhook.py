@@ -330,3 +330,26 @@ def test_kubectl_explain_workspace_tuning(control_plane: LocalCluster,
     explained = control_plane.kubectl("explain", "workspace.tuning").stdout
     assert "Fine-tuning: exclusive with inference." in explained
     assert "input" in explained and "Where the training data comes from." in explained
+
+
+def test_metadata_updates_pass_after_the_configmap_is_gone(
+    control_plane: LocalCluster, ws_namespace: str
+) -> None:
+    control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                         "metadata": {"name": "short-lived", "namespace": ws_namespace},
+                         "data": {"training_config.yaml": yaml.safe_dump(
+                             {"training_config": {"QuantizationConfig": {"load_in_4bit": True}}})}})
+    obj = _edit(SEED, metadata={"name": "tuning-configmap-gone"}, tuning__config="short-lived")
+    result = _apply(control_plane, ws_namespace, obj)
+    assert result.returncode == 0, result.stderr
+    control_plane.kubectl("delete", "configmap", "short-lived", "-n", ws_namespace)
+    # What the controller does (finalizers, labels) still goes through.
+    control_plane.kubectl("patch", "workspace", "tuning-configmap-gone", "-n", ws_namespace,
+                          "--type=merge", "-p", '{"metadata": {"finalizers": ["kaito.sh/test"]}}')
+    control_plane.kubectl("label", "workspace", "tuning-configmap-gone", "-n", ws_namespace,
+                          "team=a")
+    # A spec change is validated again and names the missing ConfigMap.
+    changed = _edit(obj, tuning__input__urls=["https://example.com/b.parquet"])
+    assert "tuning.config: Not found" in _apply(control_plane, ws_namespace, changed).stderr
+    control_plane.kubectl("patch", "workspace", "tuning-configmap-gone", "-n", ws_namespace,
+                          "--type=merge", "-p", '{"metadata": {"finalizers": null}}')

@@ -195,3 +195,13 @@ def test_gradient_checkpointing_in_the_config_shrinks_the_estimate() -> None:
     assert any("Standard_NV36ads_A10_v5 has 24 GiB" in e for e in errors)
     heavy["TrainingArguments"]["gradient_checkpointing"] = True
     assert run_webhook(raw, training_config(heavy)) == []
+
+
+def test_metadata_only_update_is_admitted_even_if_rules_now_fail() -> None:
+    # The tuning ConfigMap was deleted after creation; the controller adds a finalizer.
+    old = _defaulted(_edit(SEED, tuning__config="gone"))
+    new = _edit(old, metadata={"name": SEED["metadata"]["name"], "finalizers": ["kaito.sh/x"]})
+    assert run_webhook(new, None, old_raw=old) == []
+    # A spec change is checked again, and fails on the missing ConfigMap.
+    changed = _edit(new, tuning__input__urls=["https://example.com/b.parquet"])
+    assert any("tuning.config: Not found" in e for e in run_webhook(changed, None, old_raw=old))
