@@ -206,3 +206,18 @@ def test_sku_choice_for_inference() -> None:
     t4 = catalog.sku("Standard_NC4as_T4_v3")
     assert t4 is not None
     assert inference_node_count(phi4, t4) == 2
+
+
+@pytest.mark.parametrize("name", REQUIRED_PRESETS)
+def test_architecture_numbers_agree_with_parameter_count_and_weights(name: str) -> None:
+    # Guards the data file: the shapes must add up to the published parameter count, and
+    # the published weight size must be about 2 bytes per parameter.
+    preset = load_catalog().preset(name)
+    assert preset is not None
+    h, layers = preset.hidden_size, preset.layers
+    q_dim = preset.attention_heads * preset.head_dim
+    mlp = (3 if preset.gated_mlp else 2) * h * preset.intermediate_size
+    per_layer = 2 * h * q_dim + 2 * h * preset.kv_dim + mlp
+    params = layers * per_layer + preset.embedding_params
+    assert abs(params - preset.params) / preset.params < 0.02
+    assert abs(preset.weights_gib * GIB - 2 * preset.params) / (2 * preset.params) < 0.08
