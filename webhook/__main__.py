@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from webhook.logs import configure_logging
 from webhook.serve import serve
 from webhook.settings import WebhookSettings
 
@@ -41,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--check-interval-seconds", type=float, help="how often certificates are checked")
     add("--kubeconfig", help="kubeconfig file (in-cluster config when unset)")
     add("--log-level", help="DEBUG, INFO, WARNING, ...")
+    add("--log-format", choices=["json", "text"], help="log format (default json)")
     return parser
 
 
@@ -57,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"kaito webhook: invalid settings:\n{error}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -42,6 +42,7 @@ class WebhookSettings(BaseSettings):
     """A kubeconfig file; in-cluster config when unset."""
     configmap_timeout_seconds: float = Field(default=5, gt=0)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
 
     def dns_names(self) -> list[str]:
         svc, ns = self.service_name, self.namespace
