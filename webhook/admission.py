@@ -47,22 +47,22 @@ class ConfigMapReader(Protocol):
         """The ConfigMap's data; None when it does not exist; raises ConfigMapUnavailable."""
 
 
-def _parse_errors(error: ValidationError, root: str) -> list[FieldError]:
+def _parse_errors(error: ValidationError) -> list[FieldError]:
+    """Pydantic's errors as field errors with API paths (`tuning.input.urls[0]`)."""
     found: list[FieldError] = []
     for item in error.errors():
         path = ".".join(
             f"[{part}]" if isinstance(part, int) else str(part) for part in item["loc"]
         ).replace(".[", "[")
-        found.append(FieldError(f"{root}{path}" if path else root or "<root>",
-                                "Invalid value", item["msg"]))
+        found.append(FieldError(path or "<root>", "Invalid value", item["msg"]))
     return found
 
 
-def _workspace(obj: dict[str, Any], root: str = "") -> Workspace | list[FieldError]:
+def _workspace(obj: dict[str, Any]) -> Workspace | list[FieldError]:
     try:
         return Workspace.model_validate(obj)
     except ValidationError as error:
-        return _parse_errors(error, root)
+        return _parse_errors(error)
 
 
 def _parse_pair(
