@@ -56,6 +56,13 @@ class BatchModel(Protocol):
 
     max_context_tokens: int
     eos_token_ids: frozenset[int]
+    dtype_name: str
+    device_name: str
+    has_chat_template: bool
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """Apply the chat template, ending where the assistant's reply starts."""
+        ...
 
     def encode(self, text: str) -> list[int]:
         """Tokenize a prompt."""
@@ -257,11 +264,13 @@ class Engine:
             cancelled_waiting = [s for s in self._waiting if s.is_cancelled]
             for sequence in cancelled_waiting:
                 self._waiting.remove(sequence)
-            admitted: list[_Sequence] = []
-            while self._waiting and len(self._running) + len(admitted) < self.max_batch_size:
-                admitted.append(self._waiting.popleft())
             cancelled_running = [s for s in self._running.values() if s.is_cancelled]
-            self._metrics.observe_queue(len(self._waiting), len(self._running) + len(admitted))
+            admitted: list[_Sequence] = []
+            while self._waiting and len(self._running) < self.max_batch_size:
+                sequence = self._waiting.popleft()
+                admitted.append(sequence)
+                self._running[sequence.seq_id] = sequence  # counts against capacity now
+            self._metrics.observe_queue(len(self._waiting), len(self._running))
         for sequence in cancelled_waiting:
             self._finish(sequence, "cancelled", release=False)
         for sequence in cancelled_running:
@@ -269,9 +278,6 @@ class Engine:
         self._release_finished()
         if admitted:
             sampled = self.model.prefill([s.spec for s in admitted])
-            with self._lock:
-                for sequence in admitted:
-                    self._running[sequence.seq_id] = sequence
             for sequence, token in zip(admitted, sampled, strict=True):
                 self._on_token(sequence, token)
         elif self._running:

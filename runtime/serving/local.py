@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from runtime.serving.engine import Engine, EngineMetrics
+from runtime.serving.engine import BatchModel, Engine, EngineMetrics
 from runtime.serving.errors import InvalidRequest, NotReady, UnknownModel
 from runtime.serving.generation import (
     FinishEvent,
@@ -45,8 +44,15 @@ class LocalBackendOptions:
 class LocalBackend:
     """Implements ``generation.Backend`` with an in-process model."""
 
-    def __init__(self, options: LocalBackendOptions, metrics: EngineMetrics) -> None:
+    def __init__(
+        self,
+        options: LocalBackendOptions,
+        metrics: EngineMetrics,
+        *,
+        loader: Callable[[], BatchModel] | None = None,
+    ) -> None:
         self._options = options
+        self._loader = loader or self._load
         self._metrics = metrics
         self._engine: Engine | None = None
         self._info: ModelInfo | None = None
@@ -82,7 +88,7 @@ class LocalBackend:
         """Load the model (in a thread) and start the engine."""
         options = self._options
         try:
-            model = await asyncio.to_thread(self._load)
+            model = await asyncio.to_thread(self._loader)
         except Exception as error:
             self.load_error = str(error) or type(error).__name__
             log.exception("model failed to load", extra={"model": options.model})
@@ -101,12 +107,12 @@ class LocalBackend:
             max_context_tokens=model.max_context_tokens,
             max_batch_size=options.max_batch_size,
             max_queue=options.max_queue,
-            dtype=str(next(model.model.parameters()).dtype).removeprefix("torch."),
-            device=str(next(model.model.parameters()).device.type),
+            dtype=model.dtype_name,
+            device=model.device_name,
         )
         self._engine = engine
 
-    def _load(self) -> Any:
+    def _load(self) -> BatchModel:
         import torch
 
         from runtime.base_model import resolve_model_path
@@ -114,12 +120,13 @@ class LocalBackend:
         if self._options.torch_threads:
             torch.set_num_threads(self._options.torch_threads)
         path = resolve_model_path(self._options.model)
-        return load_batch_model(
+        model: BatchModel = load_batch_model(
             path,
             self._options.adapters,
             device=self._options.device,
             max_context_tokens=self._options.max_context_tokens,
         )
+        return model
 
     async def stop(self) -> None:
         """Stop the engine thread (pending generations finish as cancelled)."""
@@ -133,21 +140,15 @@ class LocalBackend:
 
     def format_prompt(self, text: str) -> str:
         """Wrap ``text`` as a user turn when the tokenizer has a chat template."""
-        tokenizer = self._require_engine().model.tokenizer  # type: ignore[attr-defined]
-        if not getattr(tokenizer, "chat_template", None):
+        if not self._require_engine().model.has_chat_template:
             return text
         return self.format_chat([{"role": "user", "content": text}])
 
     def format_chat(self, messages: Sequence[dict[str, str]]) -> str:
         """Apply the tokenizer's chat template, ending with the assistant's turn."""
-        engine = self._require_engine()
-        tokenizer = engine.model.tokenizer  # type: ignore[attr-defined]
+        model = self._require_engine().model
         try:
-            return str(
-                tokenizer.apply_chat_template(
-                    list(messages), tokenize=False, add_generation_prompt=True
-                )
-            )
+            return model.render_chat(messages)
         except Exception as error:  # jinja raises its own errors for bad conversations
             raise InvalidRequest(f"cannot apply the chat template: {error}") from error
 

@@ -55,6 +55,26 @@ class HFBatchModel:
         self._last_tokens = torch.zeros((0,), dtype=torch.long, device=self._device)
 
     @property
+    def dtype_name(self) -> str:
+        """The weights' dtype, e.g. ``float32``."""
+        return str(next(self.model.parameters()).dtype).removeprefix("torch.")
+
+    @property
+    def device_name(self) -> str:
+        """``cpu`` or ``cuda``."""
+        return str(self._device.type)
+
+    @property
+    def has_chat_template(self) -> bool:
+        """Whether the tokenizer carries a chat template."""
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The tokenizer's chat template with the assistant turn opened."""
+        return str(self.tokenizer.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True))
+
+    @property
     def batch_size(self) -> int:
         """Rows in the running batch."""
         return len(self._rows)
