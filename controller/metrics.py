@@ -1,7 +1,7 @@
 """Prometheus metrics under controller-runtime's names and labels.
 
 Existing controller-runtime dashboards and alerts work unchanged because the names
-(`controller_runtime_reconcile_total{controller,result}`, `workqueue_depth{name}`,
+(`controller_runtime_reconcile_total{controller,result}`, `workqueue_depth{name,controller}`,
 `leader_election_master_status{name}`...) and buckets match. Each `Metrics` owns its own
 `CollectorRegistry`: no global registry, so tests and two managers in one process do not
 collide. Our informer counters, which controller-runtime lacks, carry a `kaito_` prefix.
@@ -59,36 +59,36 @@ class Metrics:
             ["controller"], registry=r,
         )
         self.workqueue_depth = Gauge(
-            "workqueue_depth", "Current depth of workqueue", ["name"], registry=r,
+            "workqueue_depth", "Current depth of workqueue", ["name", "controller"], registry=r,
         )
         self.workqueue_adds_total = Counter(
             "workqueue_adds_total", "Total number of adds handled by workqueue",
-            ["name"], registry=r,
+            ["name", "controller"], registry=r,
         )
         self.workqueue_queue_duration_seconds = Histogram(
             "workqueue_queue_duration_seconds",
             "How long in seconds an item stays in workqueue before being requested",
-            ["name"], buckets=WORKQUEUE_BUCKETS, registry=r,
+            ["name", "controller"], buckets=WORKQUEUE_BUCKETS, registry=r,
         )
         self.workqueue_work_duration_seconds = Histogram(
             "workqueue_work_duration_seconds",
             "How long in seconds processing an item from workqueue takes",
-            ["name"], buckets=WORKQUEUE_BUCKETS, registry=r,
+            ["name", "controller"], buckets=WORKQUEUE_BUCKETS, registry=r,
         )
         self.workqueue_unfinished_work_seconds = Gauge(
             "workqueue_unfinished_work_seconds",
             "How many seconds of work has been done that is in progress and hasn't been "
             "observed by work_duration",
-            ["name"], registry=r,
+            ["name", "controller"], registry=r,
         )
         self.workqueue_longest_running_processor_seconds = Gauge(
             "workqueue_longest_running_processor_seconds",
             "How many seconds has the longest running processor for workqueue been running",
-            ["name"], registry=r,
+            ["name", "controller"], registry=r,
         )
         self.workqueue_retries_total = Counter(
             "workqueue_retries_total", "Total number of retries handled by workqueue",
-            ["name"], registry=r,
+            ["name", "controller"], registry=r,
         )
         self.leader_election_master_status = Gauge(
             "leader_election_master_status",
@@ -126,13 +126,14 @@ class QueueMetrics:
     """The workqueue collectors bound to one queue name."""
 
     def __init__(self, metrics: Metrics, name: str) -> None:
-        self.depth = metrics.workqueue_depth.labels(name=name)
-        self.adds = metrics.workqueue_adds_total.labels(name=name)
-        self.queue_duration = metrics.workqueue_queue_duration_seconds.labels(name=name)
-        self.work_duration = metrics.workqueue_work_duration_seconds.labels(name=name)
-        self.retries = metrics.workqueue_retries_total.labels(name=name)
-        self._unfinished = metrics.workqueue_unfinished_work_seconds.labels(name=name)
-        self._longest = metrics.workqueue_longest_running_processor_seconds.labels(name=name)
+        labels = {"name": name, "controller": name}
+        self.depth = metrics.workqueue_depth.labels(**labels)
+        self.adds = metrics.workqueue_adds_total.labels(**labels)
+        self.queue_duration = metrics.workqueue_queue_duration_seconds.labels(**labels)
+        self.work_duration = metrics.workqueue_work_duration_seconds.labels(**labels)
+        self.retries = metrics.workqueue_retries_total.labels(**labels)
+        self._unfinished = metrics.workqueue_unfinished_work_seconds.labels(**labels)
+        self._longest = metrics.workqueue_longest_running_processor_seconds.labels(**labels)
 
     def bind_in_flight(
         self, unfinished_seconds: Callable[[], float], longest_seconds: Callable[[], float]

@@ -202,7 +202,7 @@ async def test_500_objects_converge_without_concurrent_reconciles(
         assert status == 200
         values = metric_values(text)
         ctrl = (("controller", "configmap-copy"),)
-        queue = (("name", "configmap-copy"),)
+        queue = (("controller", "configmap-copy"), ("name", "configmap-copy"))
         success = values[("controller_runtime_reconcile_total",
                           tuple(sorted((*ctrl, ("result", "success")))))]
         assert success >= 550

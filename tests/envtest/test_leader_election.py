@@ -120,7 +120,8 @@ async def test_one_leader_reconciles_and_hands_over_on_kill(
             assert await leader.successes() >= 10
             assert await follower.successes() == 0, "the standby must not reconcile"
             follower_adds = (await follower.metrics()).get(
-                ("workqueue_adds_total", (("name", "configmap-copy"),)), 0.0)
+                ("workqueue_adds_total",
+                 (("controller", "configmap-copy"), ("name", "configmap-copy"))), 0.0)
             assert follower_adds == 0, "the standby queues nothing until it leads"
             assert await leader.master_status() == 1
             assert await follower.master_status() == 0

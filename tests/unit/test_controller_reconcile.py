@@ -142,7 +142,7 @@ async def test_errors_are_retried_with_growing_backoff() -> None:
                  result="error") == 3
     assert value(metrics, "controller_runtime_reconcile_total", controller="demo",
                  result="success") == 1
-    assert value(metrics, "workqueue_retries_total", name="demo") == 3
+    assert value(metrics, "workqueue_retries_total", name="demo", controller="demo") == 3
     assert controller.queue.num_requeues("ns/a") == 0, "success resets the backoff"
 
 
@@ -159,7 +159,7 @@ async def test_terminal_error_is_recorded_and_not_retried() -> None:
     assert controller.terminal_errors == {"ns/bad": "spec.model is not a preset"}
     assert value(metrics, "controller_runtime_terminal_reconcile_errors_total",
                  controller="demo") == 1
-    assert value(metrics, "workqueue_retries_total", name="demo") == 0
+    assert value(metrics, "workqueue_retries_total", name="demo", controller="demo") == 0
 
 
 async def test_requeue_after_reconciles_again_later() -> None:

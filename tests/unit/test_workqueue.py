@@ -27,8 +27,9 @@ class FakeClock:
         return self.now
 
 
-def sample(metrics: Metrics, metric: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(metric, labels)
+def sample(metrics: Metrics, metric: str, name: str) -> float:
+    # controller-runtime labels workqueue series with the queue (= controller) name twice.
+    value = metrics.registry.get_sample_value(metric, {"name": name, "controller": name})
     return 0.0 if value is None else value
 
 
