@@ -71,6 +71,7 @@ class LeaseElector:
         self._is_leader = False
         self._observed_record: tuple[Any, ...] | None = None
         self._observed_time = 0.0
+        self._observed_expiry = 0.0
         self.observed_holder = ""
         self._status_gauge = (
             metrics.leader_election_master_status.labels(name=name) if metrics else None
@@ -95,7 +96,12 @@ class LeaseElector:
                 self._set_leader(True)
                 log.info("became leader", extra={"lease": self.name, "identity": self.identity})
                 return
-            await asyncio.sleep(self.retry_period_seconds * random.uniform(1.0, JITTER_FACTOR))
+            delay = self.retry_period_seconds * random.uniform(1.0, JITTER_FACTOR)
+            # Try again right when the holder's lease runs out, not up to a period later.
+            expires_in = self._observed_expiry - asyncio.get_running_loop().time()
+            if 0 < expires_in < delay:
+                delay = expires_in + 0.05
+            await asyncio.sleep(delay)
 
     async def hold(self) -> None:
         """Renew until the lease is lost, then raise `LeaderElectionLost` (never returns)."""
@@ -168,6 +174,8 @@ class LeaseElector:
             self._observed_record = record
             self._observed_time = asyncio.get_running_loop().time()
         self.observed_holder = str(spec.get("holderIdentity") or "")
+        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration_seconds)
+        self._observed_expiry = self._observed_time + duration
 
     async def _try_acquire_or_renew(self) -> bool:
         now = micro_time()
@@ -195,9 +203,8 @@ class LeaseElector:
         spec = lease.get("spec") or {}
         self._observe(spec)
         holder = self.observed_holder
-        duration = float(spec.get("leaseDurationSeconds") or self.lease_duration_seconds)
         loop_now = asyncio.get_running_loop().time()
-        if holder and holder != self.identity and self._observed_time + duration > loop_now:
+        if holder and holder != self.identity and self._observed_expiry > loop_now:
             return False
         is_renewal = holder == self.identity
         transitions = int(spec.get("leaseTransitions") or 0)
