@@ -353,3 +353,34 @@ def test_metadata_updates_pass_after_the_configmap_is_gone(
     assert "tuning.config: Not found" in _apply(control_plane, ws_namespace, changed).stderr
     control_plane.kubectl("patch", "workspace", "tuning-configmap-gone", "-n", ws_namespace,
                           "--type=merge", "-p", '{"metadata": {"finalizers": null}}')
+
+
+def test_two_replicas_starting_together_share_one_ca(
+    control_plane: LocalCluster, webhook: RunningWebhook, tmp_path: Path
+) -> None:
+    ports = [_free_port(), _free_port()]
+    processes = [
+        _start(control_plane, tmp_path / f"replica-{index}.log", "--port", str(port),
+               "--namespace", webhook.namespace, "--secret-name", "ha-cert",
+               "--mutating-configuration", "absent", "--validating-configuration", "absent")
+        for index, port in enumerate(ports)
+    ]
+    try:
+        for index, port in enumerate(ports):
+            _wait(f"replica {index}", lambda port=port: _port_open(port),
+                  log=tmp_path / f"replica-{index}.log")
+        secret = json.loads(control_plane.kubectl(
+            "get", "secret", "ha-cert", "-n", webhook.namespace, "-o", "json").stdout)
+        ca_pem = base64.b64decode(secret["data"]["ca.crt"]).decode()
+        for port in ports:
+            # Both serve a certificate that the one stored CA (the caBundle) verifies.
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
+                    ssl.create_default_context(cadata=ca_pem).wrap_socket(
+                        raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() is not None
+        assert all(process.poll() is None for process in processes)
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=15)
