@@ -147,9 +147,15 @@ def webhook(control_plane: LocalCluster, tmp_path_factory: pytest.TempPathFactor
         _wait("caBundle in both configurations",
               lambda: all(_ca_bundles(control_plane, hook)) and process.poll() is None, log=log)
         yield hook
-    finally:
         process.terminate()
         process.wait(timeout=15)
+        text = log.read_text()
+        # The whole module ran without the webhook logging an error.
+        assert "Traceback" not in text and '"level": "error"' not in text, text[-5000:]
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=15)
         for kind, config_name in (("mutatingwebhookconfiguration", hook.mutating),
                                   ("validatingwebhookconfiguration", hook.validating)):
             control_plane.kubectl("delete", kind, config_name, check=False)
