@@ -9,13 +9,16 @@ import pytest
 from aiohttp import web
 
 from controller.configmap_copy import COPY_OF_LABEL, desired_copy, is_up_to_date
-from controller.kube import CONFIGMAPS
+from controller.controller import Controller
+from controller.kube import CONFIGMAPS, KubeClient
 from controller.manager import Manager
+from controller.reconcile import Request, Result
 from tests.unit.test_controller_kube_client import (
     FakeApiServer,
     make_client,
     server,  # noqa: F401 - fixture
 )
+from tests.unit.test_controller_reconcile import FakeSource
 
 pytestmark = pytest.mark.unit
 
@@ -81,3 +84,60 @@ def test_desired_copy_is_owned_and_labelled() -> None:
     assert copy["metadata"]["labels"] == {COPY_OF_LABEL: "a"}
     assert is_up_to_date(copy, copy)
     assert not is_up_to_date({**copy, "data": {"k": "old"}}, copy)
+
+
+class SlowReconciler:
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+
+    async def reconcile(self, request: Request) -> Result:
+        self.started.append(request.key)
+        try:
+            await asyncio.sleep(self.seconds)
+        except asyncio.CancelledError:
+            self.cancelled.append(request.key)
+            raise
+        self.finished.append(request.key)
+        return Result()
+
+
+async def start_with_one_key(
+    client: KubeClient, reconciler: SlowReconciler, grace_seconds: float
+) -> tuple[Manager, asyncio.Task[None]]:
+    manager = Manager(client, port=0, bind_host="127.0.0.1",
+                      graceful_shutdown_seconds=grace_seconds)
+    source = FakeSource()
+    source.create("a")
+    source.create("b")
+    controller = Controller("slow", reconciler, workers=1)
+    controller.watch(source)
+    manager.add_controller(controller)
+    task = asyncio.create_task(manager.run())
+    async with asyncio.timeout(5):
+        while not reconciler.started:
+            await asyncio.sleep(0.01)
+    return manager, task
+
+
+async def test_stop_drains_the_in_flight_reconcile(server: FakeApiServer) -> None:  # noqa: F811
+    reconciler = SlowReconciler(0.3)
+    async with make_client(server.url) as client:
+        manager, task = await start_with_one_key(client, reconciler, grace_seconds=5)
+        manager.stop()
+        await asyncio.wait_for(task, 5)
+    assert reconciler.finished == ["ns/a"], "the in-flight reconcile completed"
+    assert reconciler.started == ["ns/a"], "no new key started after stop"
+
+
+async def test_stop_cancels_reconciles_past_the_grace_period(
+    server: FakeApiServer,  # noqa: F811
+) -> None:
+    reconciler = SlowReconciler(30)
+    async with make_client(server.url) as client:
+        manager, task = await start_with_one_key(client, reconciler, grace_seconds=0.2)
+        manager.stop()
+        await asyncio.wait_for(task, 5)
+    assert reconciler.cancelled == ["ns/a"] and reconciler.finished == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,7 @@ class FakeSource:
 
     def __init__(self, is_synced: bool = True) -> None:
         self.handlers: list[EventHandler] = []
-        self.objects: dict[str, dict[str, object]] = {}
+        self.objects: dict[str, dict[str, Any]] = {}
         self._synced = asyncio.Event()
         if is_synced:
             self._synced.set()
@@ -43,7 +44,7 @@ class FakeSource:
             handler(Event(EventType.CREATE, obj))
 
     def create(self, name: str, namespace: str = "ns", **meta: object) -> None:
-        obj = {"metadata": {"name": name, "namespace": namespace, **meta}}
+        obj: dict[str, Any] = {"metadata": {"name": name, "namespace": namespace, **meta}}
         self.objects[f"{namespace}/{name}"] = obj
         for handler in self.handlers:
             handler(Event(EventType.CREATE, obj))
