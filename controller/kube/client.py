@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 KubeObject = dict[str, Any]
 SERVICE_ACCOUNT_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+SERVICE_ACCOUNT_CA_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 
 _TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
@@ -129,11 +130,18 @@ class KubeClient:
         return cls(k8s_client.ApiClient(configuration=cfg), **kwargs)
 
     @classmethod
-    def in_cluster(cls, *, token_file: Path = SERVICE_ACCOUNT_TOKEN_FILE, **kwargs: Any) -> KubeClient:
+    def in_cluster(
+        cls,
+        *,
+        token_file: Path = SERVICE_ACCOUNT_TOKEN_FILE,
+        ca_file: Path = SERVICE_ACCOUNT_CA_FILE,
+        **kwargs: Any,
+    ) -> KubeClient:
         cfg = k8s_client.Configuration()
         # We re-read the token ourselves (before reconnects and on 401), not once a minute.
         k8s_config.load_incluster_config(  # type: ignore[no-untyped-call]
-            client_configuration=cfg, try_refresh_token=False, token_filename=str(token_file)
+            client_configuration=cfg, try_refresh_token=False, token_filename=str(token_file),
+            cert_filename=str(ca_file),
         )
         return cls(k8s_client.ApiClient(configuration=cfg), token_file=token_file, **kwargs)
 

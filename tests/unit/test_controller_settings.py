@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import datetime
+import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from controller.__main__ import load_settings, main
+from controller.kube import KubeClient
+from controller.logs import JsonFormatter
 from controller.settings import ControllerSettings
 
 pytestmark = pytest.mark.unit
@@ -52,3 +62,50 @@ def test_bad_settings_are_rejected_with_exit_code_2(
     monkeypatch.setenv("KAITO_LEADER_ELECTION__RENEW_DEADLINE_SECONDS", "20")
     assert main([]) == 2
     assert "renew_deadline_seconds" in capsys.readouterr().out
+
+
+def write_self_signed_ca(path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test-ca")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+async def test_in_cluster_client_reads_the_mounted_service_account(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("projected-token-1")
+    write_self_signed_ca(ca)
+    assert ControllerSettings().kube.is_in_cluster
+    async with KubeClient.in_cluster(token_file=token, ca_file=ca) as client:
+        assert client.server == "https://10.96.0.1:443"
+        auth = await client._api.configuration.auth_settings()
+        assert auth["BearerToken"]["value"] == "Bearer projected-token-1"
+        token.write_text("projected-token-2")
+        os.utime(token, ns=(1, 1))  # a different mtime, as the kubelet's atomic swap gives
+        assert client.refresh_credentials()
+        auth = await client._api.configuration.auth_settings()
+        assert auth["BearerToken"]["value"] == "Bearer projected-token-2"
+        assert not client.refresh_credentials(), "unchanged file: nothing to do"
+
+
+def test_json_logs_carry_extra_fields_as_data() -> None:
+    record = logging.makeLogRecord({
+        "name": "controller.informer", "levelname": "WARNING", "levelno": logging.WARNING,
+        "msg": "watch failed, reconnecting", "informer": "configmaps/*", "failures": 3,
+    })
+    entry = json.loads(JsonFormatter().format(record))
+    assert entry["msg"] == "watch failed, reconnecting"
+    assert entry["level"] == "warning" and entry["logger"] == "controller.informer"
+    assert entry["informer"] == "configmaps/*" and entry["failures"] == 3
+    assert "args" not in entry and "levelno" not in entry
