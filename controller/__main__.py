@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from controller.configmap_copy import setup_configmap_copy
+from controller.informer import InformerOptions
 from controller.kube.client import KubeClient
 from controller.leader import LeaderElectionLost, LeaseElector
 from controller.logs import configure_logging
@@ -75,15 +76,16 @@ def load_settings(argv: list[str] | None) -> ControllerSettings:
 
 
 async def _client(settings: ControllerSettings, metrics: Metrics) -> KubeClient:
-    options = {
-        "request_timeout_seconds": settings.kube.request_timeout_seconds,
-        "max_throttle_retries": settings.kube.max_throttle_retries,
-        "metrics": metrics,
-    }
-    if settings.kube.is_in_cluster:
-        return KubeClient.in_cluster(**options)  # type: ignore[arg-type]
+    kube = settings.kube
+    if kube.is_in_cluster:
+        return KubeClient.in_cluster(
+            request_timeout_seconds=kube.request_timeout_seconds,
+            max_throttle_retries=kube.max_throttle_retries, metrics=metrics,
+        )
     return await KubeClient.from_kubeconfig(
-        settings.kube.kubeconfig, context=settings.kube.context, **options
+        kube.kubeconfig, context=kube.context,
+        request_timeout_seconds=kube.request_timeout_seconds,
+        max_throttle_retries=kube.max_throttle_retries, metrics=metrics,
     )
 
 
@@ -108,7 +110,11 @@ async def run(settings: ControllerSettings) -> int:
             bind_host=settings.server.bind_host,
             port=settings.server.port,
             graceful_shutdown_seconds=settings.graceful_shutdown_seconds,
-            informer_options=settings.informer.model_dump(),
+            informer_options=InformerOptions(
+                watch_timeout_seconds=settings.informer.watch_timeout_seconds,
+                read_timeout_seconds=settings.informer.read_timeout_seconds,
+                inactivity_timeout_seconds=settings.informer.inactivity_timeout_seconds,
+            ),
         )
         setup_configmap_copy(
             manager, namespace=settings.watch_namespace, identity=election.identity,

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KubeObject = dict[str, Any]
+from controller.kube.resources import KubeObject
+
 IndexFunc = Callable[[KubeObject], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"

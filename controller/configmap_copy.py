@@ -9,17 +9,18 @@ measure the runtime rather than a toy queue. A source ConfigMap carries
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from controller.controller import Controller
 from controller.handlers import enqueue_owner
 from controller.informer import Informer
-from controller.kube.client import KubeClient, KubeObject
+from controller.kube.client import KubeClient
 from controller.kube.errors import AlreadyExists, NotFound
-from controller.kube.resources import CONFIGMAPS
+from controller.kube.resources import CONFIGMAPS, KubeObject
 from controller.manager import Manager
 from controller.predicates import Event, EventType, has_label
-from controller.reconcile import Request, Result
+from controller.reconcile import Reconciler, Request, Result
 
 SOURCE_LABEL = "copy.kaito.sh/source"
 COPY_OF_LABEL = "copy.kaito.sh/copy-of"
@@ -117,11 +118,11 @@ def setup_configmap_copy(
     namespace: str | None,
     identity: str,
     workers: int,
-    reconciler_wrapper: Any = None,
+    reconciler_wrapper: Callable[[Reconciler], Reconciler] | None = None,
 ) -> Controller:
     """Wire the demo controller into `manager` and return it."""
     informer = manager.informer(CONFIGMAPS, namespace)
-    reconciler: Any = ConfigMapCopyReconciler(manager.client, informer, identity)
+    reconciler: Reconciler = ConfigMapCopyReconciler(manager.client, informer, identity)
     if reconciler_wrapper is not None:
         reconciler = reconciler_wrapper(reconciler)
     controller = Controller(

@@ -16,11 +16,12 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from typing import TypedDict
 
-from controller.cache import Cache, IndexFunc, KubeObject, object_key, strip_managed_fields
+from controller.cache import Cache, IndexFunc, object_key, strip_managed_fields
 from controller.kube.client import KubeClient, WatchEvent
 from controller.kube.errors import ApiUnavailable, Gone, KubeError, TooManyRequests
-from controller.kube.resources import ResourceType
+from controller.kube.resources import KubeObject, ResourceType
 from controller.metrics import Metrics
 from controller.predicates import Event, EventType
 
@@ -28,6 +29,17 @@ log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Event], None]
 Transform = Callable[[KubeObject], KubeObject]
+
+
+class InformerOptions(TypedDict, total=False):
+    """Tuning knobs a manager passes to every informer it creates."""
+
+    watch_timeout_seconds: float
+    read_timeout_seconds: float
+    inactivity_timeout_seconds: float
+    backoff_initial_seconds: float
+    backoff_max_seconds: float
+    page_size: int
 
 
 class _WatchRestart(Exception):

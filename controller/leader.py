@@ -17,9 +17,9 @@ import logging
 import random
 from typing import Any
 
-from controller.kube.client import KubeClient, KubeObject
+from controller.kube.client import KubeClient
 from controller.kube.errors import Conflict, KubeError, NotFound
-from controller.kube.resources import LEASES
+from controller.kube.resources import LEASES, KubeObject
 from controller.metrics import Metrics
 
 log = logging.getLogger(__name__)

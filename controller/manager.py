@@ -18,7 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controller.controller import Controller
-from controller.informer import Informer
+from controller.informer import Informer, InformerOptions
 from controller.kube.client import KubeClient
 from controller.kube.resources import ResourceType
 from controller.leader import LeaderElectionLost, LeaseElector
@@ -41,7 +41,7 @@ class Manager:
         bind_host: str = "0.0.0.0",
         port: int = 8080,
         graceful_shutdown_seconds: float = 30.0,
-        informer_options: dict[str, float] | None = None,
+        informer_options: InformerOptions | None = None,
     ) -> None:
         self.client = client
         self.metrics = metrics if metrics is not None else Metrics()
@@ -49,7 +49,7 @@ class Manager:
         self._bind_host = bind_host
         self._port = port
         self._graceful_shutdown_seconds = graceful_shutdown_seconds
-        self._informer_options = dict(informer_options or {})
+        self._informer_options: InformerOptions = informer_options or {}
         self._informers: dict[tuple[ResourceType, str | None, str | None], Informer] = {}
         self._controllers: list[Controller] = []
         self._stop_requested: asyncio.Event | None = None
@@ -71,7 +71,7 @@ class Manager:
         if informer is None:
             informer = Informer(
                 self.client, resource, namespace=namespace, label_selector=label_selector,
-                metrics=self.metrics, **self._informer_options,  # type: ignore[arg-type]
+                metrics=self.metrics, **self._informer_options,
             )
             self._informers[key] = informer
         return informer

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-KubeObject = dict[str, Any]
+from controller.kube.resources import KubeObject
 
 
 class EventType(enum.Enum):

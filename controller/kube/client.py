@@ -32,12 +32,11 @@ from controller.kube.errors import (
     error_from_response,
     error_from_status_object,
 )
-from controller.kube.resources import ResourceType
+from controller.kube.resources import KubeObject, ResourceType
 from controller.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-KubeObject = dict[str, Any]
 SERVICE_ACCOUNT_TOKEN_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SERVICE_ACCOUNT_CA_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote
+
+# An API object as the server sends it: parsed JSON, not yet validated.
+KubeObject = dict[str, Any]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from controller.kube.client import KubeClient, KubeObject
-from controller.kube.resources import ResourceType
+from controller.kube.client import KubeClient
+from controller.kube.resources import KubeObject, ResourceType
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
