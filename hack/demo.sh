@@ -9,6 +9,7 @@ bash hack/apt-deps.sh
 venv=$(bash hack/venv.sh)
 KUBEBUILDER_ASSETS=$(bash hack/k8s-binaries.sh)
 export KUBEBUILDER_ASSETS HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 if [ "${1:-}" = "down" ]; then
   exec "$venv/bin/kaito" dev down
 fi

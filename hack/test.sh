@@ -12,6 +12,8 @@ venv=$(bash hack/venv.sh)
 # minutes show up here and not inside a test's timeout.
 KUBEBUILDER_ASSETS=$(bash hack/k8s-binaries.sh)
 export KUBEBUILDER_ASSETS
+# The checkout wins over whatever the shared venv's editable install points at.
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 set +e
 "$venv/bin/python" -m pytest -ra --durations=15 "$@"
