@@ -216,8 +216,8 @@ class Engine:
             )
         if len(prompt_ids) + params.max_new_tokens > limit:
             raise InvalidRequest(
-                f"max_new_tokens ({params.max_new_tokens}) plus the prompt's {len(prompt_ids)}"
-                f" tokens exceed the context of {limit} tokens",
+                f"the prompt ({len(prompt_ids)} tokens) plus the requested maximum of new"
+                f" tokens ({params.max_new_tokens}) exceed the context of {limit} tokens",
                 param="max_tokens",
             )
         seed = params.seed if params.seed is not None else random.getrandbits(63)
@@ -320,6 +320,7 @@ class Engine:
     def _finish(self, sequence: _Sequence, reason: FinishReason, *, release: bool = True) -> None:
         with self._lock:
             is_running = self._running.pop(sequence.seq_id, None) is not None
+            self._metrics.observe_queue(len(self._waiting), len(self._running))
         if release and is_running:
             self._to_release.append(sequence.seq_id)
         if reason == "cancelled":
