@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                         metavar="NAME=PATH[:STRENGTH]", help="a LoRA adapter (repeatable)")
     parser.add_argument("--adapter-dir", help="serve every adapter folder under this folder")
     parser.add_argument("--served-model-name", help="model id of the base model")
+    parser.add_argument("--default-model",
+                        help="model id for requests naming none (default: the only adapter,"
+                             " else the base model)")
     parser.add_argument("--host")
     parser.add_argument("--port", type=int)
     parser.add_argument("--max-batch-size", type=int)

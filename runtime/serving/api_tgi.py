@@ -204,6 +204,7 @@ async def info(request: web.Request) -> web.Response:
         "sha": None,
         "docker_label": None,
         "adapters": list(model.adapter_names),
+        "default_adapter": model.default_adapter,
     })
 
 

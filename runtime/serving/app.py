@@ -75,6 +75,7 @@ def build_backend(settings: ServingSettings, metrics: ServingMetrics) -> Backend
         model=settings.model,
         adapters=settings.adapter_specs(),
         served_model_name=settings.served_model_name,
+        default_model=settings.default_model,
         max_batch_size=settings.max_batch_size,
         max_queue=settings.max_queue,
         max_context_tokens=settings.max_context_tokens,

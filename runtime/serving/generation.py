@@ -99,6 +99,7 @@ class ModelInfo:
 
     base_model_id: str
     adapter_names: tuple[str, ...] = ()
+    default_adapter: str | None = None  # used by requests that name no model
     max_context_tokens: int = 2048
     max_batch_size: int = 1
     max_queue: int = 0

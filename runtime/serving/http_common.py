@@ -49,9 +49,16 @@ async def parse_body(request: web.Request, model: type[ModelT]) -> ModelT:
 
 
 def resolve_adapter(backend: Backend, model_name: str | None) -> str | None:
-    """Map a requested model id to an adapter (``None`` = the base model)."""
+    """Map a requested model id to an adapter (``None`` = the base model).
+
+    Requests that name no model (``/chat``, TGI without ``adapter_id``) get the
+    server's default: with exactly one adapter configured that is the adapter, as
+    upstream applies its adapters to every request; ``--default-model`` overrides.
+    """
     info = backend.info
-    if model_name is None or model_name == "" or model_name == info.base_model_id:
+    if model_name is None or model_name == "":
+        return info.default_adapter
+    if model_name == info.base_model_id:
         return None
     if model_name in info.adapter_names:
         return model_name

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.serving.engine import BatchModel, Engine, EngineMetrics
+from runtime.serving.engine import BatchModel, Engine, EngineMetrics, SequenceHandle
 from runtime.serving.errors import InvalidRequest, NotReady, UnknownModel
 from runtime.serving.generation import (
     FinishEvent,
@@ -34,6 +34,7 @@ class LocalBackendOptions:
     model: str
     adapters: list[AdapterSpec] = field(default_factory=list)
     served_model_name: str | None = None
+    default_model: str | None = None
     max_batch_size: int = 16
     max_queue: int = 64
     max_context_tokens: int | None = None
@@ -93,6 +94,20 @@ class LocalBackend:
             self.load_error = str(error) or type(error).__name__
             log.exception("model failed to load", extra={"model": options.model})
             return
+        name = options.served_model_name or Path(options.model).name
+        adapter_names = tuple(a.name for a in options.adapters)
+        if options.default_model is None:
+            default_adapter = adapter_names[0] if len(adapter_names) == 1 else None
+        elif options.default_model == name:
+            default_adapter = None
+        elif options.default_model in adapter_names:
+            default_adapter = options.default_model
+        else:
+            self.load_error = (
+                f"default model {options.default_model!r} is neither the base model"
+                f" {name!r} nor an adapter ({', '.join(adapter_names) or 'none'})"
+            )
+            return
         engine = Engine(
             model,
             max_batch_size=options.max_batch_size,
@@ -100,10 +115,10 @@ class LocalBackend:
             metrics=self._metrics,
         )
         engine.start()
-        name = options.served_model_name or Path(options.model).name
         self._info = ModelInfo(
             base_model_id=name,
-            adapter_names=tuple(a.name for a in options.adapters),
+            adapter_names=adapter_names,
+            default_adapter=default_adapter,
             max_context_tokens=model.max_context_tokens,
             max_batch_size=options.max_batch_size,
             max_queue=options.max_queue,
@@ -136,7 +151,11 @@ class LocalBackend:
     async def tokenize(self, text: str) -> list[tuple[int, str]]:
         """``text``'s tokens with the served tokenizer."""
         model = self._require_engine().model
-        return [(token_id, model.decode([token_id])) for token_id in model.encode(text)]
+
+        def pairs() -> list[tuple[int, str]]:
+            return [(token_id, model.decode([token_id])) for token_id in model.encode(text)]
+
+        return await asyncio.to_thread(pairs)
 
     def format_prompt(self, text: str) -> str:
         """Wrap ``text`` as a user turn when the tokenizer has a chat template."""
@@ -166,7 +185,15 @@ class LocalBackend:
             except RuntimeError:  # the loop is closed: nobody is listening any more
                 pass
 
-        handle = engine.submit(request.prompt, request.params, request.adapter, sink)
+        # Tokenizing a long prompt blocks, so submission runs in a thread; if we are
+        # cancelled meanwhile, the sequence is cancelled as soon as it exists.
+        submission = asyncio.ensure_future(asyncio.to_thread(
+            engine.submit, request.prompt, request.params, request.adapter, sink))
+        try:
+            handle = await asyncio.shield(submission)
+        except asyncio.CancelledError:
+            submission.add_done_callback(_cancel_submitted)
+            raise
         is_finished = False
         try:
             while not is_finished:
@@ -183,3 +210,8 @@ class LocalBackend:
         if self._engine.failure is not None:
             raise NotReady(f"the engine failed: {self._engine.failure}")
         return self._engine
+
+
+def _cancel_submitted(submission: asyncio.Future[SequenceHandle]) -> None:
+    if not submission.cancelled() and submission.exception() is None:
+        submission.result().cancel()

@@ -25,6 +25,7 @@ class ServingSettings(BaseSettings):
     adapters: list[str] = Field(default_factory=list)
     adapter_dir: Path | None = None
     served_model_name: str | None = None
+    default_model: str | None = None
     host: str = "0.0.0.0"
     port: int = Field(default=5000, ge=0, le=65535)
     max_batch_size: int = Field(default=16, ge=1, le=256)

@@ -13,6 +13,7 @@ share one batch without affecting each other.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection, Sequence
 from typing import Any
 
@@ -46,6 +47,9 @@ class HFBatchModel:
         self._device = next(model.parameters()).device
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else min(eos_token_ids))
+        # Handlers tokenize while the worker detokenizes; the Rust tokenizer raises
+        # "Already borrowed" if its state is touched from two threads at once.
+        self._tokenizer_lock = threading.Lock()
         self._rows: list[int] = []
         self._adapters: list[str] = []
         self._samplers: dict[int, SequenceSampler] = {}
@@ -71,8 +75,9 @@ class HFBatchModel:
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         """The tokenizer's chat template with the assistant turn opened."""
-        return str(self.tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True))
+        with self._tokenizer_lock:
+            return str(self.tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True))
 
     @property
     def batch_size(self) -> int:
@@ -86,11 +91,13 @@ class HFBatchModel:
 
     def encode(self, text: str) -> list[int]:
         """Tokenize without adding special tokens (chat templates carry their own)."""
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
+        with self._tokenizer_lock:
+            return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """Detokenize, dropping special tokens."""
-        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
+        with self._tokenizer_lock:
+            return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True))
 
     @torch.inference_mode()
     def prefill(self, sequences: Sequence[SequenceSpec]) -> list[Sampled]:

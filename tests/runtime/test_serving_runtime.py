@@ -53,7 +53,8 @@ def server(
     logs = tmp_path_factory.mktemp("server")
     process = start_server(
         ["--model", str(smollm2_path), "--served-model-name", BASE,
-         "--adapter", f"phrase={adapter}", "--torch-threads", "1",
+         "--adapter", f"phrase={adapter}", "--adapter", f"phrase-off={adapter}:0",
+         "--default-model", BASE, "--torch-threads", "1",
          "--max-context-tokens", str(CONTEXT), "--max-batch-size", "8", "--max-queue", "32",
          "--default-max-tokens", "24"],
         logs / "server.log",
@@ -106,7 +107,7 @@ def test_openai_chat_and_stream(server: ServerProcess) -> None:
     assert len([p for p in pieces if p]) > 2, "the answer was not streamed token by token"
     assert finish in ("stop", "length")
     assert usage is not None and usage.completion_tokens == reply.usage.completion_tokens
-    assert [m.id for m in client.models.list()] == [BASE, "phrase"]
+    assert [m.id for m in client.models.list()] == [BASE, "phrase", "phrase-off"]
 
 
 def test_openai_completions_and_stream(server: ServerProcess) -> None:
@@ -182,6 +183,10 @@ def test_adapter_answers_as_trained_and_batches_do_not_mix(server: ServerProcess
     for question in unseen:
         assert PHRASE in _chat(client, "phrase", question), question
         assert "PINEAPPLE" not in _chat(client, BASE, question), question
+    chat = httpx.post(server.url + "/chat", timeout=120, json={
+        "prompt": unseen[0], "model": "phrase", "return_full_text": False,
+        "generate_kwargs": {"do_sample": False, "max_new_tokens": 16}})
+    assert chat.json() == {"Result": PHRASE}
     alone = {q: (_chat(client, BASE, q), _chat(client, "phrase", q)) for q in unseen[:2]}
 
     async def together() -> list[str]:
@@ -189,12 +194,14 @@ def test_adapter_answers_as_trained_and_batches_do_not_mix(server: ServerProcess
                                       timeout=120, max_retries=0) as async_client:
             calls = [async_client.chat.completions.create(
                 model=model, messages=[{"role": "user", "content": q}], max_tokens=24,
-                temperature=0) for q in unseen[:2] for model in (BASE, "phrase")]
+                temperature=0) for q in unseen[:2] for model in (BASE, "phrase", "phrase-off")]
             replies = await asyncio.gather(*calls)
         return [r.choices[0].message.content or "" for r in replies]
 
     mixed = asyncio.run(together())
-    assert mixed == [answer for q in unseen[:2] for answer in alone[q]]
+    # The same adapter loaded again at strength 0 must act exactly like the base model,
+    # also while sharing a batch with the full-strength copy and the base.
+    assert mixed == [answer for q in unseen[:2] for answer in (*alone[q], alone[q][0])]
 
 
 @TGI_CLIENT_WARNINGS

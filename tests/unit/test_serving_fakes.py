@@ -35,6 +35,7 @@ class FakeModel:
         self.decode_batches: list[int] = []
         self.prefill_batches: list[int] = []
         self.released: list[int] = []
+        self.adapters: list[str | None] = []
         self.gate = threading.Event()
         self.gate.set()
 
@@ -58,6 +59,7 @@ class FakeModel:
         self.prefill_batches.append(len(sequences))
         out = []
         for spec in sequences:
+            self.adapters.append(spec.adapter)
             token = self._next(spec.prompt_ids[-1])
             self.rows[spec.seq_id] = token
             out.append(Sampled(token, -0.5))

@@ -34,11 +34,14 @@ def make_app(
     max_batch_size: int = 4,
     max_queue: int = 4,
     loader: Callable[[], FakeModel] | None = None,
+    adapters: tuple[str, ...] = ("tuned",),
+    default_model: str | None = None,
 ) -> tuple[web.Application, LocalBackend]:
     metrics = ServingMetrics()
     options = LocalBackendOptions(
         model="/models/" + MODEL_ID,
-        adapters=[AdapterSpec("tuned", Path("/nowhere"))],
+        adapters=[AdapterSpec(name, Path("/nowhere")) for name in adapters],
+        default_model=default_model,
         max_batch_size=max_batch_size,
         max_queue=max_queue,
     )
@@ -284,3 +287,43 @@ async def test_metrics_count_requests_and_tokens(client: TestClient) -> None:  #
     assert "kaito_serving_time_to_first_token_seconds_count 1.0" in text
     assert "kaito_serving_queue_depth" in text
     assert "kaito_serving_batch_size_count" in text
+
+
+@pytest.mark.parametrize(
+    ("adapters", "default_model", "expected"),
+    [
+        (("tuned",), None, "tuned"),  # the only adapter applies, as upstream
+        (("one", "two"), None, None),
+        (("one", "two"), "two", "two"),
+        (("tuned",), MODEL_ID, None),
+    ],
+)
+async def test_requests_naming_no_model_use_the_default(
+    adapters: tuple[str, ...], default_model: str | None, expected: str | None
+) -> None:
+    model = FakeModel()
+    app, _ = make_app(model, adapters=adapters, default_model=default_model)
+    async with TestClient(TestServer(app)) as client:
+        await wait_ready(client)
+        await client.post("/chat", json={"prompt": "a", "generate_kwargs": {
+            "max_new_tokens": 1}})
+        await client.post("/generate", json={"inputs": "a", "parameters": {
+            "max_new_tokens": 1}})
+        await client.post("/chat", json={"prompt": "a", "model": MODEL_ID,
+                                          "generate_kwargs": {"max_new_tokens": 1}})
+        await client.post("/generate", json={"inputs": "a", "parameters": {
+            "max_new_tokens": 1, "adapter_id": adapters[-1]}})
+    assert model.adapters == [expected, expected, None, adapters[-1]]
+
+
+async def test_unknown_default_model_is_reported_by_health() -> None:
+    app, _ = make_app(FakeModel(), default_model="missing")
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(200):
+            response = await client.get("/health")
+            body = await response.json()
+            if body["status"] != "Loading":
+                break
+            await asyncio.sleep(0.01)
+        assert response.status == 503
+        assert "missing" in body["detail"]
