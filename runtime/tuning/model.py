@@ -35,10 +35,13 @@ _DTYPES = {
 
 @contextmanager
 def quiet_library_deprecations() -> Iterator[None]:
-    """Silence one known peft/transformers version skew (is_gradient_checkpointing)."""
+    """Silence a known peft/transformers version skew: peft still calls the
+    ``*gradient_checkpointing*`` names transformers 5 renamed to activation checkpointing."""
     with warnings.catch_warnings():
         warnings.filterwarnings(
-            "ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning
+            "ignore",
+            message=r".*(is_gradient_checkpointing|gradient_checkpointing_enable).*deprecated",
+            category=FutureWarning,
         )
         yield
 
@@ -120,9 +123,16 @@ def load_for_training(
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         elif gradient_checkpointing:
-            model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            # transformers 5 renamed it; older releases only have the old name.
+            checkpointing_kwargs = {"use_reentrant": False}
+            if hasattr(model, "activation_checkpointing_enable"):
+                model.activation_checkpointing_enable(
+                    activation_checkpointing_kwargs=checkpointing_kwargs
+                )
+            else:
+                model.gradient_checkpointing_enable(  # type: ignore[no-untyped-call]
+                    gradient_checkpointing_kwargs=checkpointing_kwargs
+                )
         lora = config.lora
         peft_config = LoraConfig(
             r=lora.r,
