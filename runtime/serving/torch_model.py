@@ -80,6 +80,11 @@ class HFBatchModel:
                 list(messages), tokenize=False, add_generation_prompt=True))
 
     @property
+    def seq_ids(self) -> list[int]:
+        """The sequences in the batch, in row order."""
+        return list(self._rows)
+
+    @property
     def batch_size(self) -> int:
         """Rows in the running batch."""
         return len(self._rows)
