@@ -30,7 +30,9 @@ def tiny_model() -> LlamaForCausalLM:
     config = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256)
-    return LlamaForCausalLM(config).eval()
+    model = LlamaForCausalLM(config)
+    model.train(False)  # inference mode (dropout off), like .eval()
+    return model
 
 
 def _batch_model(model: LlamaForCausalLM) -> HFBatchModel:
