@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.serving.engine import BatchModel, Engine, EngineMetrics, SequenceHandle
-from runtime.serving.errors import InvalidRequest, NotReady, UnknownModel
+from runtime.serving.errors import GenerationFailed, InvalidRequest, NotReady, UnknownModel
 from runtime.serving.generation import (
     FinishEvent,
     GenerationEvent,
@@ -199,6 +199,9 @@ class LocalBackend:
             while not is_finished:
                 event = await queue.get()
                 is_finished = isinstance(event, FinishEvent)
+                if isinstance(event, FinishEvent) and event.reason == "cancelled":
+                    # Nobody here cancelled it: the engine stopped or failed under us.
+                    raise GenerationFailed(self.problem or "the server is shutting down")
                 yield event
         finally:
             if not is_finished:

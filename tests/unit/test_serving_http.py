@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from runtime.serving.app import create_app
+from runtime.serving.engine import Sampled
 from runtime.serving.loader import AdapterSpec
 from runtime.serving.local import LocalBackend, LocalBackendOptions
 from runtime.serving.metrics import ServingMetrics
@@ -327,3 +328,23 @@ async def test_unknown_default_model_is_reported_by_health() -> None:
             await asyncio.sleep(0.01)
         assert response.status == 503
         assert "missing" in body["detail"]
+
+
+class _ExplodingModel(FakeModel):
+    def decode_step(self) -> dict[int, Sampled]:
+        raise RuntimeError("CUDA error: device-side assert triggered")
+
+
+async def test_engine_failure_is_a_500_and_unhealthy() -> None:
+    app, _ = make_app(_ExplodingModel())
+    async with TestClient(TestServer(app)) as client:
+        await wait_ready(client)
+        response = await client.post("/v1/completions", json={
+            "model": MODEL_ID, "prompt": "ab", "max_tokens": 5})
+        assert response.status == 500
+        assert "device-side assert" in (await response.json())["error"]["message"]
+        health = await client.get("/health")
+        assert health.status == 503
+        assert "device-side assert" in (await health.json())["detail"]
+        again = await client.post("/generate", json={"inputs": "ab"})
+        assert again.status == 503
