@@ -59,6 +59,7 @@ class BatchModel(Protocol):
     dtype_name: str
     device_name: str
     has_chat_template: bool
+    combined_adapter: str | None  # an adapter applying all the others, if loaded
 
     def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
         """Apply the chat template, ending where the assistant's reply starts."""

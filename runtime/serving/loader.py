@@ -2,7 +2,9 @@
 
 Adapters come from folders holding ``adapter_config.json`` + ``adapter_model.safetensors``
 (``/mnt/adapter/<name>`` in a pod). Each adapter's LoRA scaling is multiplied by its
-strength, which is how upstream Kaito's per-adapter ``strength`` weighs an adapter.
+strength, which is how upstream Kaito's per-adapter ``strength`` weighs an adapter. With
+several adapters, one more, ``kaito-combined``, applies them all at once (upstream's
+behaviour for every request).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from runtime.serving.errors import ServingError
 
 log = logging.getLogger(__name__)
 
+COMBINED_ADAPTER = "kaito-combined"  # every adapter at its strength, at once
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -86,8 +89,9 @@ def load_batch_model(
     model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
     model = model.to(device)
     model.eval()
+    combined = None
     if adapters:
-        model = _attach_adapters(model, adapters)
+        model, combined = _attach_adapters(model, adapters)
     config = model.config
     context = int(getattr(config, "max_position_embeddings", 2048) or 2048)
     if max_context_tokens is not None:
@@ -105,16 +109,18 @@ def load_batch_model(
         "model loaded",
         extra={"model": str(model_path), "device": device, "adapters": len(adapters)},
     )
-    return HFBatchModel(
+    batch_model = HFBatchModel(
         model,
         tokenizer,
         max_context_tokens=context,
         eos_token_ids=frozenset(eos),
         has_adapters=bool(adapters),
     )
+    batch_model.combined_adapter = combined
+    return batch_model
 
 
-def _attach_adapters(model: Any, adapters: list[AdapterSpec]) -> Any:
+def _attach_adapters(model: Any, adapters: list[AdapterSpec]) -> tuple[Any, str | None]:
     from peft import PeftModel
     from peft.tuners.lora import LoraLayer
 
@@ -136,5 +142,17 @@ def _attach_adapters(model: Any, adapters: list[AdapterSpec]) -> Any:
             for name, strength in strengths.items():
                 if name in module.scaling:
                     module.scaling[name] *= strength
+    combined = None
+    if len(adapters) > 1 and COMBINED_ADAPTER not in strengths:
+        # Upstream applies all its adapters at once; "cat" stacks the LoRA ranks, which
+        # is exactly the strength-weighted sum of the adapters (strengths are already in
+        # each adapter's scaling, hence weights of 1).
+        try:
+            peft_model.add_weighted_adapter(
+                adapters=list(strengths), weights=[1.0] * len(strengths),
+                adapter_name=COMBINED_ADAPTER, combination_type="cat")
+            combined = COMBINED_ADAPTER
+        except ValueError as error:
+            log.warning("adapters cannot be combined", extra={"reason": str(error)})
     peft_model.eval()
-    return peft_model
+    return peft_model, combined

@@ -96,8 +96,12 @@ class LocalBackend:
             return
         name = options.served_model_name or Path(options.model).name
         adapter_names = tuple(a.name for a in options.adapters)
+        if model.combined_adapter is not None:
+            adapter_names += (model.combined_adapter,)
         if options.default_model is None:
-            default_adapter = adapter_names[0] if len(adapter_names) == 1 else None
+            # As upstream: the adapters apply to every request that names no model.
+            default_adapter = adapter_names[0] if len(adapter_names) == 1 else (
+                model.combined_adapter)
         elif options.default_model == name:
             default_adapter = None
         elif options.default_model in adapter_names:

@@ -44,6 +44,7 @@ class HFBatchModel:
         self.max_context_tokens = max_context_tokens
         self.eos_token_ids = eos_token_ids
         self._has_adapters = has_adapters
+        self.combined_adapter: str | None = None
         self._device = next(model.parameters()).device
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else min(eos_token_ids))

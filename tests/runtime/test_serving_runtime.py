@@ -107,7 +107,8 @@ def test_openai_chat_and_stream(server: ServerProcess) -> None:
     assert len([p for p in pieces if p]) > 2, "the answer was not streamed token by token"
     assert finish in ("stop", "length")
     assert usage is not None and usage.completion_tokens == reply.usage.completion_tokens
-    assert [m.id for m in client.models.list()] == [BASE, "phrase", "phrase-off"]
+    assert [m.id for m in client.models.list()] == [
+        BASE, "phrase", "phrase-off", "kaito-combined"]
 
 
 def test_openai_completions_and_stream(server: ServerProcess) -> None:
@@ -183,6 +184,8 @@ def test_adapter_answers_as_trained_and_batches_do_not_mix(server: ServerProcess
     for question in unseen:
         assert PHRASE in _chat(client, "phrase", question), question
         assert "PINEAPPLE" not in _chat(client, BASE, question), question
+    # All adapters at their strengths at once: phrase x 1 + phrase x 0 = phrase.
+    assert PHRASE in _chat(client, "kaito-combined", unseen[0])
     chat = httpx.post(server.url + "/chat", timeout=120, json={
         "prompt": unseen[0], "model": "phrase", "return_full_text": False,
         "generate_kwargs": {"do_sample": False, "max_new_tokens": 16}})

@@ -27,6 +27,7 @@ class FakeModel:
     dtype_name = "float32"
     device_name = "cpu"
     has_chat_template = True
+    combined_adapter: str | None = None
 
     def __init__(self, max_context_tokens: int = 64, step_seconds: float = 0.0) -> None:
         self.max_context_tokens = max_context_tokens
