@@ -46,8 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--tgi-url", help="proxy to this text-generation-inference server")
     parser.add_argument("--tokenizer", help="tokenizer folder for chat templates (TGI proxy)")
     parser.add_argument("--adapter", dest="adapters", action="append",
-                        metavar="NAME=PATH[:STRENGTH]", help="a LoRA adapter (repeatable)")
-    parser.add_argument("--adapter-dir", help="serve every adapter folder under this folder")
+                        metavar="NAME=PATH[:STRENGTH]",
+                        help="a LoRA adapter (repeatable); NAME[:STRENGTH] means"
+                             " ADAPTER_DIR/NAME")
+    parser.add_argument("--adapter-dir",
+                        help="serve every adapter folder under this folder (/mnt/adapter)")
     parser.add_argument("--served-model-name", help="model id of the base model")
     parser.add_argument("--default-model",
                         help="model id for requests naming none (default: the only adapter,"
@@ -67,9 +70,6 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the server; return the process exit code."""
     args = _parser().parse_args(argv)
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
     try:
         settings = ServingSettings(**overrides)
@@ -77,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as error:
         print(f"invalid settings: {error}", file=sys.stderr)
         return 2
+    handler = logging.StreamHandler()
+    handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
     asyncio.run(serve(settings))
     return 0
 

@@ -36,10 +36,16 @@ class AdapterSpec:
     strength: float = 1.0
 
     @classmethod
-    def parse(cls, text: str) -> AdapterSpec:
-        """Parse ``name=path[:strength]`` (the ``--adapter`` flag)."""
+    def parse(cls, text: str, adapter_dir: Path | None = None) -> AdapterSpec:
+        """Parse the ``--adapter`` flag: ``name=path[:strength]``, or ``name[:strength]``
+        for the folder ``adapter_dir/name`` (upstream mounts ``/mnt/adapter/<name>``)."""
         name, sep, rest = text.partition("=")
-        if not sep or not name or not rest:
+        if not sep:
+            name, colon, strength_text = text.partition(":")
+            if adapter_dir is None or not name or (colon and not strength_text):
+                raise ValueError(f"expected name=path[:strength] or name[:strength], got {text!r}")
+            rest = f"{adapter_dir / name}:{strength_text}" if colon else str(adapter_dir / name)
+        if not name or not rest:
             raise ValueError(f"expected name=path[:strength], got {text!r}")
         path_text, strength = rest, 1.0
         head, colon, tail = rest.rpartition(":")

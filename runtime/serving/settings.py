@@ -23,7 +23,7 @@ class ServingSettings(BaseSettings):
     tgi_url: str | None = None
     tokenizer: str | None = None
     adapters: list[str] = Field(default_factory=list)
-    adapter_dir: Path | None = None
+    adapter_dir: Path | None = Path("/mnt/adapter")
     served_model_name: str | None = None
     default_model: str | None = None
     host: str = "0.0.0.0"
@@ -40,17 +40,18 @@ class ServingSettings(BaseSettings):
     def _one_source(self) -> ServingSettings:
         if (self.model is None) == (self.tgi_url is None):
             raise ValueError("give exactly one of --model and --tgi-url")
-        if self.tgi_url is not None and (self.adapters or self.adapter_dir):
+        if self.tgi_url is not None and self.adapters:
             raise ValueError("adapters are served by the external TGI server, not the proxy")
         for text in self.adapters:
-            AdapterSpec.parse(text)
+            AdapterSpec.parse(text, self.adapter_dir)
         return self
 
     def adapter_specs(self) -> list[AdapterSpec]:
-        """``--adapter`` flags plus every folder under ``adapter_dir`` (strength 1)."""
-        specs = [AdapterSpec.parse(text) for text in self.adapters]
+        """``--adapter`` flags plus every other adapter folder under ``adapter_dir``
+        (strength 1; the proxy loads none)."""
+        specs = [AdapterSpec.parse(text, self.adapter_dir) for text in self.adapters]
         named = {spec.name for spec in specs}
-        if self.adapter_dir is not None and self.adapter_dir.is_dir():
+        if self.tgi_url is None and self.adapter_dir is not None and self.adapter_dir.is_dir():
             for folder in sorted(self.adapter_dir.iterdir()):
                 if (folder / "adapter_config.json").is_file() and folder.name not in named:
                     spec = AdapterSpec(folder.name, folder)
