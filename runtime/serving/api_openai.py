@@ -29,6 +29,7 @@ from runtime.serving.generation import (
 from runtime.serving.http_common import (
     BACKEND_KEY,
     DEFAULT_MAX_TOKENS_KEY,
+    errors_as_events,
     first_event,
     parse_body,
     resolve_adapter,
@@ -237,16 +238,18 @@ async def _answer(
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     if chat or prefix:
         await send_sse(response, {**base, "choices": [_choice(chat, prefix, None, first=True)]})
-    async for event in _chain(first, events):
-        if isinstance(event, TokenEvent):
-            if event.text:
-                await send_sse(response, {**base, "choices": [_choice(chat, event.text, None)]})
-            continue
-        reason = _finish_reason(event.reason)
-        await send_sse(response, {**base, "choices": [_choice(chat, None, reason)]})
-        if include_usage:
-            await send_sse(response, {**base, "choices": [], "usage": _usage(event)})
-    await send_sse(response, "[DONE]")
+    async with errors_as_events(response, "openai"):
+        async for event in _chain(first, events):
+            if isinstance(event, TokenEvent):
+                if event.text:
+                    await send_sse(response, {**base, "choices": [
+                        _choice(chat, event.text, None)]})
+                continue
+            reason = _finish_reason(event.reason)
+            await send_sse(response, {**base, "choices": [_choice(chat, None, reason)]})
+            if include_usage:
+                await send_sse(response, {**base, "choices": [], "usage": _usage(event)})
+        await send_sse(response, "[DONE]")
     await response.write_eof()
     return response
 

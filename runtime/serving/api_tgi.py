@@ -24,6 +24,7 @@ from runtime.serving.generation import (
 from runtime.serving.http_common import (
     BACKEND_KEY,
     DEFAULT_MAX_TOKENS_KEY,
+    errors_as_events,
     first_event,
     parse_body,
     resolve_adapter,
@@ -130,29 +131,30 @@ async def _run(
                 }
             return answer
         response = await start_sse(request)
-        index = 0
-        pending: TokenEvent | None = None
-        event = first
-        while True:
-            if isinstance(event, TokenEvent):
-                if pending is not None:
-                    index += 1
-                    await send_sse(response, {"index": index, "token": _token(pending),
-                                              "top_tokens": None, "generated_text": None,
-                                              "details": None})
-                pending = event
-            else:
-                # The last token carries the whole text and the details, as in TGI.
-                details = {"finish_reason": event.reason,
-                           "generated_tokens": event.generated_tokens,
-                           "seed": event.seed, "input_length": event.prompt_tokens}
-                if pending is not None:
-                    await send_sse(response, {"index": index + 1, "token": _token(pending),
-                                              "top_tokens": None,
-                                              "generated_text": prefix + event.text,
-                                              "details": details})
-                break
-            event = await anext(events)
+        async with errors_as_events(response, "tgi"):
+            index = 0
+            pending: TokenEvent | None = None
+            event = first
+            while True:
+                if isinstance(event, TokenEvent):
+                    if pending is not None:
+                        index += 1
+                        await send_sse(response, {"index": index, "token": _token(pending),
+                                                  "top_tokens": None, "generated_text": None,
+                                                  "details": None})
+                    pending = event
+                else:
+                    # The last token carries the whole text and the details, as in TGI.
+                    details = {"finish_reason": event.reason,
+                               "generated_tokens": event.generated_tokens,
+                               "seed": event.seed, "input_length": event.prompt_tokens}
+                    if pending is not None:
+                        await send_sse(response, {"index": index + 1, "token": _token(pending),
+                                                  "top_tokens": None,
+                                                  "generated_text": prefix + event.text,
+                                                  "details": details})
+                    break
+                event = await anext(events)
         await response.write_eof()
         return response
 

@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any, Literal, TypeVar
 
 from aiohttp import web
@@ -94,6 +95,17 @@ async def send_sse(response: web.StreamResponse, payload: Any) -> None:
     """Write one ``data:`` event (a JSON value, or the literal ``[DONE]``)."""
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False)
     await response.write((f"data: {data}\n\n").encode())
+
+
+@asynccontextmanager
+async def errors_as_events(response: web.StreamResponse, dialect: Dialect) -> AsyncIterator[None]:
+    """Once an SSE response has started, report a failure as a last ``data:`` event."""
+    try:
+        yield
+    except ServingError as error:
+        log.warning("generation failed mid-stream", extra={"reason": error.message})
+        await send_sse(response, error_payload(
+            dialect, error.status, error.message, error.kind, error.param))
 
 
 def error_payload(dialect: Dialect, status: int, message: str, kind: str, param: str | None

@@ -348,3 +348,50 @@ async def test_engine_failure_is_a_500_and_unhealthy() -> None:
         assert "device-side assert" in (await health.json())["detail"]
         again = await client.post("/generate", json={"inputs": "ab"})
         assert again.status == 503
+
+
+async def test_disconnect_cancels_a_non_streaming_generation() -> None:
+    model = FakeModel(max_context_tokens=100_000, step_seconds=0.005)
+    app, backend = make_app(model)
+    # handler_cancellation is what serve() runs with: a dropped client cancels its handler.
+    async with TestClient(TestServer(app, handler_cancellation=True)) as client:
+        await wait_ready(client)
+        request = asyncio.create_task(client.post("/generate", json={
+            "inputs": "a", "parameters": {"max_new_tokens": 50_000}}))
+        for _ in range(300):
+            if backend.engine is not None and backend.engine.running_count == 1:
+                break
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert backend.engine is not None
+        for _ in range(300):
+            if backend.engine.running_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.engine.running_count == 0
+        assert model.rows == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "error_key"),
+    [
+        ("/v1/completions", {"model": MODEL_ID, "prompt": "ab", "max_tokens": 5,
+                             "stream": True}, "error"),
+        ("/generate_stream", {"inputs": "ab", "parameters": {"max_new_tokens": 5}},
+         "error_type"),
+    ],
+)
+async def test_failure_mid_stream_ends_with_an_error_event(
+    path: str, body: dict[str, object], error_key: str
+) -> None:
+    app, _ = make_app(_ExplodingModel())
+    async with TestClient(TestServer(app)) as client:
+        await wait_ready(client)
+        response = await client.post(path, json=body)
+        assert response.status == 200  # headers went out with the first token
+        events = [json.loads(chunk.removeprefix("data:")) for chunk in
+                  (await response.read()).decode().split("\n\n") if chunk]
+        assert error_key in events[-1]
+        assert "device-side assert" in json.dumps(events[-1])
