@@ -219,8 +219,8 @@ def test_qlora_with_packing_trains_and_pushes(
 ) -> None:
     config = _write_config(
         tmp_path / "training_config.yaml",
-        {"per_device_train_batch_size": 2, "max_steps": 5},
-        {"packing": True},
+        {"per_device_train_batch_size": 2, "max_steps": 4},
+        {"packing": True, "train_test_split": 0.95},
     )
     secret = tmp_path / "dockerconfigjson"
     secret.write_text(registry.dockerconfigjson)
