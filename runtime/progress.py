@@ -7,6 +7,13 @@ reader never sees half a file), ``GET /progress`` (the same JSON) and ``GET /met
 has no credentials to write anything anywhere, so it can never touch another workspace's
 status. The server is a stdlib threaded server because the training loop is blocking
 torch code: a thread beside it is simpler than an event loop around it.
+
+The JSON (file ``<output>/progress.json`` and ``/progress``) has: ``phase`` (one of
+PHASES), ``step``, ``total_steps``, ``epoch``, ``loss``, ``learning_rate``,
+``tokens_per_second``, ``seconds_per_step``, ``eta_seconds``, ``elapsed_seconds``,
+``tokens_seen``, ``resumed_from_step``, ``evaluation`` (``before``/``after`` →
+``loss``, ``perplexity``), ``message`` (the error when failed) and ``updated_at`` (Unix
+time). The tuning CLI serves it with ``--progress-port`` (or ``KAITO_PROGRESS_PORT``).
 """
 
 from __future__ import annotations
