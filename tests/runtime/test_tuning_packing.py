@@ -81,7 +81,7 @@ def test_gradient_checkpointing_gives_the_same_step(smollm2_path: Path) -> None:
         model.train()
         assert model.base_model.model.is_activation_checkpointing is enabled
         loss = _summed_loss(model, batch)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         grads = [p.grad.detach().clone() for p in model.parameters() if p.requires_grad]
         results.append((loss.item(), grads))
     (plain_loss, plain_grads), (checkpointed_loss, checkpointed_grads) = results
