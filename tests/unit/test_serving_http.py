@@ -395,3 +395,34 @@ async def test_failure_mid_stream_ends_with_an_error_event(
                   (await response.read()).decode().split("\n\n") if chunk]
         assert error_key in events[-1]
         assert "device-side assert" in json.dumps(events[-1])
+
+
+async def test_many_clients_some_dropping_leave_a_clean_engine() -> None:
+    model = FakeModel(max_context_tokens=10_000, step_seconds=0.001)
+    app, backend = make_app(model, max_batch_size=8, max_queue=64)
+    async with TestClient(TestServer(app, handler_cancellation=True)) as client:
+        await wait_ready(client)
+
+        async def one(index: int) -> int:
+            response = await client.post("/generate", json={
+                "inputs": "ab", "parameters": {"max_new_tokens": 5 + index % 7}})
+            body = await response.json()
+            assert body["generated_text"] == "cdefghijklmnop"[: 5 + index % 7]
+            return response.status
+
+        tasks = [asyncio.create_task(one(i)) for i in range(40)]
+        await asyncio.sleep(0.02)
+        for task in tasks[::3]:  # a third of the clients hang up mid-way
+            task.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(r == 200 or isinstance(r, asyncio.CancelledError) for r in results)
+        assert results.count(200) >= 26
+        assert backend.engine is not None
+        for _ in range(300):
+            if backend.engine.running_count == backend.engine.waiting_count == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.engine.running_count == backend.engine.waiting_count == 0
+        assert model.rows == {}
+        assert max(model.decode_batches) > 1
+        assert (await client.get("/health")).status == 200
