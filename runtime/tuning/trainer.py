@@ -123,6 +123,10 @@ class Trainer:
         else:
             self.total_steps = max(1, math.ceil(updates_per_epoch * args.num_train_epochs))
         self.save_every = self._checkpoint_interval(updates_per_epoch)
+        logging_steps = args.logging_steps
+        self._log_every = max(
+            1, math.ceil(logging_steps * self.total_steps if logging_steps < 1 else logging_steps)
+        )
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
             params,
@@ -332,6 +336,15 @@ class Trainer:
             tokens=step_tokens,
             epoch=done * self.accumulation / self.batches_per_epoch,
         )
+        if done % self._log_every == 0 or done == self.total_steps:
+            snapshot = self.progress.snapshot()
+            log.info(
+                "training progress",
+                extra={key: snapshot[key] for key in (
+                    "step", "total_steps", "loss", "learning_rate", "tokens_per_second",
+                    "eta_seconds",
+                )},
+            )
         if done % self.save_every == 0 and done < self.total_steps:
             self.save_checkpoint(done, {"eval_before": outcome.eval_before, "losses": outcome.losses})
 
