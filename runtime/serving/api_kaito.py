@@ -69,6 +69,8 @@ class GenerateKwargs(BaseModel):
             self.stop_strings or [])
         return SamplingParams(
             max_new_tokens=budget,
+            # max_length caps the total length, as in transformers: never beyond context
+            is_budget_default=self.max_new_tokens is None,
             do_sample=self.do_sample,
             temperature=self.temperature,
             top_k=self.top_k,

@@ -98,6 +98,8 @@ class _CommonRequest(_Strict):
         limit = max_tokens if max_tokens is not None else self.max_tokens
         return SamplingParams(
             max_new_tokens=limit if limit is not None else default_max_tokens,
+            is_budget_default=limit is None or (
+                max_tokens is None and "max_tokens" not in self.model_fields_set),
             do_sample=temperature > 0,
             temperature=temperature,
             top_p=1.0 if self.top_p is None else self.top_p,

@@ -75,6 +75,7 @@ class TGIParameters(BaseModel):
             self.top_k is not None or self.top_p is not None)
         return SamplingParams(
             max_new_tokens=self.max_new_tokens or default_max_tokens,
+            is_budget_default=self.max_new_tokens is None,
             do_sample=is_sampling,
             temperature=self.temperature or 1.0,
             top_k=self.top_k or 0,

@@ -10,6 +10,7 @@ which lets unit tests drive it with a fake model.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -215,7 +216,10 @@ class Engine:
                 f"the prompt has {len(prompt_ids)} tokens but the context holds {limit}",
                 param="prompt",
             )
-        if len(prompt_ids) + params.max_new_tokens > limit:
+        if len(prompt_ids) + params.max_new_tokens > limit and params.is_budget_default:
+            # The client asked for no particular length: stop at the context instead.
+            params = dataclasses.replace(params, max_new_tokens=limit - len(prompt_ids))
+        elif len(prompt_ids) + params.max_new_tokens > limit:
             raise InvalidRequest(
                 f"the prompt ({len(prompt_ids)} tokens) plus the requested maximum of new"
                 f" tokens ({params.max_new_tokens}) exceed the context of {limit} tokens",

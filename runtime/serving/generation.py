@@ -31,6 +31,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    is_budget_default: bool = False  # max_new_tokens is a server default, not asked for
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -426,3 +426,19 @@ async def test_many_clients_some_dropping_leave_a_clean_engine() -> None:
         assert model.rows == {}
         assert max(model.decode_batches) > 1
         assert (await client.get("/health")).status == 200
+
+
+async def test_default_budget_stops_at_the_context_instead_of_failing(
+    client: TestClient,  # type: ignore[type-arg]
+) -> None:
+    prompt = "a" * 60  # the fake context holds 64 tokens; the server default is 8
+    response = await client.post("/generate", json={"inputs": prompt})
+    assert response.status == 200
+    assert len((await response.json())["generated_text"]) == 4
+    response = await client.post("/v1/completions", json={"model": MODEL_ID,
+                                                          "prompt": prompt})
+    assert response.status == 200
+    assert (await response.json())["choices"][0]["finish_reason"] == "length"
+    asked = await client.post("/v1/completions", json={"model": MODEL_ID, "prompt": prompt,
+                                                       "max_tokens": 8})
+    assert asked.status == 400
