@@ -63,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--default-max-tokens", type=int)
     parser.add_argument("--device")
     parser.add_argument("--torch-threads", type=int)
+    parser.add_argument("--shutdown-grace-seconds", type=float,
+                        help="on SIGTERM, how long in-flight requests may finish (20)")
     parser.add_argument("--log-level", default="INFO")
     return parser
 

@@ -91,7 +91,10 @@ async def serve(settings: ServingSettings, *, stop: asyncio.Event | None = None)
     app = create_app(
         build_backend(settings, metrics), metrics, default_max_tokens=settings.default_max_tokens
     )
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # On SIGTERM in-flight requests get a grace period to finish (Kubernetes kills the
+    # pod 30 s after SIGTERM by default), then they are cancelled.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                           shutdown_timeout=settings.shutdown_grace_seconds)
     await runner.setup()
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -35,6 +35,7 @@ class ServingSettings(BaseSettings):
     device: str | None = None
     torch_threads: int | None = Field(default=None, ge=1)
     tgi_timeout_seconds: float = Field(default=600.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> ServingSettings:
