@@ -241,10 +241,16 @@ def test_disconnect_stops_generation(server: ServerProcess) -> None:
             "temperature": 0, "stream": True}
     with httpx.Client(timeout=120) as client, client.stream(
             "POST", server.url + "/v1/completions", json=body) as response:
+        # Three streamed chunks mean tokens are being generated, not merely queued.
+        chunks = 0
         for line in response.iter_lines():
-            if line.startswith("data:"):
+            chunks += line.startswith("data:")
+            if chunks == 3:
                 break
-        assert _metric(server.url, "kaito_serving_running_requests") >= 1
+        running_deadline = time.monotonic() + 10
+        while _metric(server.url, "kaito_serving_running_requests") < 1:
+            assert time.monotonic() < running_deadline, "the request never ran"
+            time.sleep(0.05)
     deadline = time.monotonic() + 30
     while _metric(server.url, "kaito_serving_running_requests") > 0:
         assert time.monotonic() < deadline, "generation kept running after the disconnect"
