@@ -22,6 +22,18 @@ from kaito.devcluster import LocalCluster, find_binaries
 _TIERS = ("unit", "envtest", "e2e", "runtime")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Every warning is an error (pyproject.toml), except one: a socket that the garbage
+    # collector finds unclosed is reported at whatever test happens to be running when
+    # the collection runs, which makes the failure land on an unrelated test at random
+    # (seen once in 500+ tests, not reproducible alone). Show it in the summary instead.
+    for message in ("Exception ignored in. <socket.socket",
+                    "Exception ignored in. <function _SelectorTransport.__del__"):
+        config.addinivalue_line(
+            "filterwarnings", f"default:{message}:pytest.PytestUnraisableExceptionWarning"
+        )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts
