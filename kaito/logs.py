@@ -1,7 +1,7 @@
-"""Structured logging for the webhook: constant messages, data in `extra` fields.
+"""Structured logging shared by the operator's processes (controller, webhook).
 
-Same record layout as the controller's (ts, level, logger, msg, then the extra fields), so
-one log pipeline reads both; webhook does not import controller, hence this small copy.
+Constant messages, data in `extra` fields, JSON in production: one record layout (ts,
+level, logger, msg, then the extra fields), so one log pipeline reads both processes.
 """
 
 from __future__ import annotations
