@@ -20,10 +20,10 @@ from controller.configmap_copy import setup_configmap_copy
 from controller.informer import InformerOptions
 from controller.kube.client import KubeClient
 from controller.leader import LeaderElectionLost, LeaseElector
-from controller.logs import configure_logging
 from controller.manager import Manager
 from controller.metrics import Metrics
 from controller.settings import ControllerSettings
+from kaito.logs import configure_logging
 
 log = logging.getLogger("controller")
 

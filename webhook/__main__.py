@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from webhook.logs import configure_logging
+from kaito.logs import configure_logging
 from webhook.serve import serve
 from webhook.settings import WebhookSettings
 

@@ -16,8 +16,8 @@ from cryptography.x509.oid import NameOID
 
 from controller.__main__ import load_settings, main
 from controller.kube import KubeClient
-from controller.logs import JsonFormatter
 from controller.settings import ControllerSettings
+from kaito.logs import JsonFormatter
 
 pytestmark = pytest.mark.unit
 
