@@ -1,5 +1,9 @@
 # The two commands a newcomer needs: `make demo` and `make test` (see README.md).
-.PHONY: demo demo-down test unit envtest e2e runtime lint crds
+.PHONY: demo demo-down test unit envtest e2e runtime lint crds lock
+
+# UPGRADE=1: run against the newest release of every dependency instead of the lock
+# (a scheduled check of what the next `make lock` would break; not part of CI).
+export KAITO_UPGRADE := $(UPGRADE)
 
 demo:
 	bash hack/demo.sh
@@ -27,3 +31,7 @@ lint:
 
 crds:
 	V=$$(bash hack/venv.sh) && $$V/bin/kaito crds --write
+
+# Refresh requirements/*.txt (exact versions and hashes); commit the result.
+lock:
+	bash hack/lock.sh

@@ -15,6 +15,19 @@ export KUBEBUILDER_ASSETS
 # The checkout wins over whatever the shared venv's editable install points at.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+# KAITO_FORCE_CPU_CAPABILITY=avx2 runs the suite as on a CPU without native bfloat16: the
+# runtime chooses its precision for that CPU, and torch's and oneDNN's kernels are held
+# to that instruction set too, so the speed is that CPU's as well.
+case "${KAITO_FORCE_CPU_CAPABILITY:-}" in
+  "") ;;
+  default) export ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 ;;
+  avx2) export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 ;;
+  avx512) export ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE ;;
+  avx512_bf16) export ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 ;;
+  amx) export ATEN_CPU_CAPABILITY=avx512 ONEDNN_MAX_CPU_ISA=AVX512_CORE_AMX ;;
+  *) echo "test: KAITO_FORCE_CPU_CAPABILITY must be default, avx2, avx512, avx512_bf16 or amx" >&2
+     exit 2 ;;
+esac
 set +e
 "$venv/bin/python" -m pytest -ra --durations=15 "$@"
 rc=$?

@@ -11,7 +11,8 @@ torch code: a thread beside it is simpler than an event loop around it.
 The JSON (file ``<output>/progress.json`` and ``/progress``) has: ``phase`` (one of
 PHASES), ``step``, ``total_steps``, ``epoch``, ``loss``, ``learning_rate``,
 ``tokens_per_second``, ``seconds_per_step``, ``eta_seconds``, ``elapsed_seconds``,
-``tokens_seen``, ``resumed_from_step``, ``evaluation`` (``before``/``after`` →
+``tokens_seen``, ``resumed_from_step``, ``precision`` (``dtype``, ``requested``,
+``device_type``, ``capability``, ``reason``, ``warning``), ``evaluation`` (``before``/``after`` →
 ``loss``, ``perplexity``), ``message`` (the error when failed) and ``updated_at`` (Unix
 time). The tuning CLI serves it with ``--progress-port`` (or ``KAITO_PROGRESS_PORT``).
 """
@@ -85,6 +86,7 @@ class ProgressTracker:
             "elapsed_seconds": 0.0,
             "tokens_seen": 0,
             "resumed_from_step": None,
+            "precision": None,
             "evaluation": {},
             "message": None,
             "updated_at": None,
@@ -123,6 +125,12 @@ class ProgressTracker:
             self._state["phase"] = phase
             self._state["message"] = message
             self._phase.state(phase)
+        self._publish()
+
+    def record_precision(self, precision: dict[str, Any]) -> None:
+        """The dtype training computes in and why (``runtime.precision.Precision``)."""
+        with self._lock:
+            self._state["precision"] = dict(precision)
         self._publish()
 
     def begin_training(self, total_steps: int, start_step: int) -> None:

@@ -34,6 +34,19 @@ def pytest_configure(config: pytest.Config) -> None:
         )
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The CPU the suite ran on decides the training precision: say which it was."""
+    from runtime.precision import FORCE_CPU_CAPABILITY_ENV, PrecisionError, cpu_capability
+
+    try:
+        capability = cpu_capability()
+    except (ImportError, PrecisionError) as error:  # the tests that need it will say
+        return f"cpu capability: unknown ({error})"
+    forced = f" (forced by {FORCE_CPU_CAPABILITY_ENV})" if capability.is_forced else ""
+    bfloat16 = "native bfloat16" if capability.has_native_bfloat16 else "no native bfloat16"
+    return f"cpu capability: {capability.name}{forced}, {bfloat16}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.fspath)).parts

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-context-tokens", type=int)
     parser.add_argument("--default-max-tokens", type=int)
     parser.add_argument("--device")
+    parser.add_argument("--dtype", help="auto (default: what the device computes fast), "
+                        "bfloat16, float16 or float32")
     parser.add_argument("--torch-threads", type=int)
     parser.add_argument("--shutdown-grace-seconds", type=float,
                         help="on SIGTERM, how long in-flight requests may finish (20)")

@@ -80,6 +80,7 @@ def build_backend(settings: ServingSettings, metrics: ServingMetrics) -> Backend
         max_queue=settings.max_queue,
         max_context_tokens=settings.max_context_tokens,
         device=settings.device,
+        dtype=settings.dtype,
         torch_threads=settings.torch_threads,
     )
     return LocalBackend(options, metrics)

@@ -81,18 +81,19 @@ def load_batch_model(
     adapters: list[AdapterSpec],
     *,
     device: str | None = None,
+    dtype: str = "auto",
     max_context_tokens: int | None = None,
 ) -> Any:
     """Load weights and adapters; return an ``HFBatchModel`` (blocking: call in a thread)."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from runtime.precision import resolve as resolve_precision
     from runtime.serving.torch_model import HFBatchModel
 
     device = device or default_device()
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    precision = resolve_precision(dtype, device.split(":", 1)[0])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=precision.torch_dtype())
     model = model.to(device)
     model.eval()
     combined = None

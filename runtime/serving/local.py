@@ -39,6 +39,7 @@ class LocalBackendOptions:
     max_queue: int = 64
     max_context_tokens: int | None = None
     device: str | None = None
+    dtype: str = "auto"  # runtime.precision: auto = what the device computes fast
     torch_threads: int | None = None
 
 
@@ -143,6 +144,7 @@ class LocalBackend:
             path,
             self._options.adapters,
             device=self._options.device,
+            dtype=self._options.dtype,
             max_context_tokens=self._options.max_context_tokens,
         )
         return model

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from runtime.precision import normalise_dtype
 from runtime.serving.loader import AdapterSpec
 
 
@@ -33,9 +34,15 @@ class ServingSettings(BaseSettings):
     max_context_tokens: int | None = Field(default=None, ge=2)
     default_max_tokens: int = Field(default=256, ge=1)
     device: str | None = None
+    dtype: str = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     tgi_timeout_seconds: float = Field(default=600.0, gt=0)
     shutdown_grace_seconds: float = Field(default=20.0, ge=0)
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        return normalise_dtype(value)
 
     @model_validator(mode="after")
     def _one_source(self) -> ServingSettings:

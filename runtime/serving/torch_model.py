@@ -202,7 +202,7 @@ class HFBatchModel:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,  # transformers >= 5.24 (past_key_values is deprecated)
             use_cache=True,
             logits_to_keep=1,
             **kwargs,

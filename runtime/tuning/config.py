@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runtime.precision import PrecisionError, normalise_dtype, requested_training_dtype
+
 Method = Literal["lora", "qlora"]
 SECTIONS = (
     "ModelConfig",
@@ -44,7 +46,7 @@ class ModelSection(_Section):
     """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
 
     pretrained_model_name_or_path: str | None = None
-    torch_dtype: str = "bfloat16"
+    torch_dtype: str = "auto"  # runtime.precision: what the device computes fast
     local_files_only: bool = True
     device_map: str | dict[str, Any] | None = "auto"
     trust_remote_code: bool = False
@@ -56,7 +58,7 @@ class QuantizationSection(_Section):
     load_in_4bit: bool = False
     load_in_8bit: bool = False
     bnb_4bit_quant_type: str = "nf4"
-    bnb_4bit_compute_dtype: str = "bfloat16"
+    bnb_4bit_compute_dtype: str = "auto"  # auto: the model's compute dtype
     bnb_4bit_use_double_quant: bool = True
 
     @property
@@ -162,6 +164,23 @@ class TrainingConfig(BaseModel):
             raise ValueError("QuantizationConfig: load_in_4bit and load_in_8bit are both true")
         return self
 
+    @model_validator(mode="after")
+    def _dtypes_are_known(self) -> TrainingConfig:
+        for where, name in (
+            ("ModelConfig.torch_dtype", self.model.torch_dtype),
+            ("QuantizationConfig.bnb_4bit_compute_dtype",
+             self.quantization.bnb_4bit_compute_dtype),
+        ):
+            try:
+                normalise_dtype(name)
+            except PrecisionError as err:
+                raise ValueError(f"{where}: {err}") from None
+        try:
+            requested_training_dtype(None, self.training.bf16, self.training.fp16)
+        except PrecisionError as err:
+            raise ValueError(str(err)) from None
+        return self
+
     def hyperparameters(self) -> dict[str, Any]:
         """The knobs that define the adapter, for the artifact's annotations."""
         return {
@@ -185,7 +204,7 @@ class TrainingConfig(BaseModel):
 _QLORA_DEFAULTS: dict[str, Any] = {
     "load_in_4bit": True,
     "bnb_4bit_quant_type": "nf4",
-    "bnb_4bit_compute_dtype": "bfloat16",
+    "bnb_4bit_compute_dtype": "auto",
     "bnb_4bit_use_double_quant": True,
 }
 

@@ -146,6 +146,7 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
 
     progress.set_phase("loading")
     loaded = load_for_training(model_path, config)
+    progress.record_precision(loaded.precision.as_dict())
 
     from runtime.tuning.trainer import Trainer
 
@@ -181,7 +182,8 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
         "tokens_trained_this_run": outcome.tokens_trained,
         "seconds_per_step": outcome.seconds_per_step,
         "tokens_per_second": outcome.tokens_per_second,
-        "dtype": str(loaded.dtype).removeprefix("torch."),
+        "dtype": loaded.precision.dtype,
+        "precision": loaded.precision.as_dict(),
         "device": str(loaded.device),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -1,8 +1,8 @@
 """Loading the base model for LoRA or QLoRA and wrapping it with a peft adapter.
 
 QLoRA quantizes the frozen base weights to 4-bit NF4 with double quantization through
-bitsandbytes (which also runs on CPU). The compute dtype follows the config
-(bfloat16 by default) except on a GPU without bfloat16 (V100, T4), where float16 is used.
+bitsandbytes (which also runs on CPU). The compute dtype comes from ``runtime.precision``:
+what the config asks for, or by default what the device computes fast.
 """
 
 from __future__ import annotations
@@ -17,21 +17,11 @@ from typing import Any
 
 import torch
 
+from runtime.precision import Precision, normalise_dtype, requested_training_dtype
+from runtime.precision import resolve as resolve_precision
 from runtime.tuning.config import TrainingConfig
 
 log = logging.getLogger(__name__)
-
-_DTYPES = {
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float": torch.float32,
-}
-
 
 @contextmanager
 def quiet_library_deprecations() -> Iterator[None]:
@@ -50,24 +40,32 @@ def pick_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The dtype to compute in: bfloat16 becomes float16 where the GPU lacks bfloat16."""
-    if name == "auto":
-        name = "bfloat16"
-    if name not in _DTYPES:
-        raise ValueError(f"unsupported torch_dtype {name!r}; use one of {sorted(_DTYPES)}")
-    dtype = _DTYPES[name]
-    if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        log.info("gpu has no bfloat16, using float16")
-        return torch.float16
-    return dtype
+def training_precision(config: TrainingConfig, device: torch.device) -> Precision:
+    """The compute dtype for this config on this device (see ``runtime.precision``)."""
+    args = config.training
+    requested = requested_training_dtype(config.model.torch_dtype, args.bf16, args.fp16)
+    return resolve_precision(requested, device.type)
+
+
+def quantization_compute_dtype(
+    config: TrainingConfig, precision: Precision, device: torch.device
+) -> torch.dtype:
+    """QLoRA's compute dtype: the model's unless the config names another one."""
+    requested = normalise_dtype(config.quantization.bnb_4bit_compute_dtype)
+    if requested == "auto" or requested == precision.dtype:
+        return precision.torch_dtype()  # type: ignore[no-any-return]
+    return resolve_precision(requested, device.type).torch_dtype()  # type: ignore[no-any-return]
 
 
 @dataclass
 class LoadedModel:
     model: Any  # a peft PeftModelForCausalLM
-    dtype: torch.dtype
+    precision: Precision
     device: torch.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.torch_dtype()  # type: ignore[no-any-return]
 
 
 def load_tokenizer(model_path: Path) -> Any:
@@ -87,7 +85,8 @@ def load_for_training(
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     device = device or pick_device()
-    dtype = resolve_dtype(config.model.torch_dtype, device)
+    precision = training_precision(config, device)
+    dtype = precision.torch_dtype()
     kwargs: dict[str, Any] = {
         key: value
         for key, value in config.model.extra_keys().items()
@@ -107,7 +106,7 @@ def load_for_training(
             load_in_4bit=quant.load_in_4bit,
             load_in_8bit=quant.load_in_8bit,
             bnb_4bit_quant_type=quant.bnb_4bit_quant_type,
-            bnb_4bit_compute_dtype=resolve_dtype(quant.bnb_4bit_compute_dtype, device),
+            bnb_4bit_compute_dtype=quantization_compute_dtype(config, precision, device),
             bnb_4bit_use_double_quant=quant.bnb_4bit_use_double_quant,
             **extra,
         )
@@ -150,4 +149,4 @@ def load_for_training(
         extra={"dtype": str(dtype), "device": str(device), "trainable_parameters": trainable,
                "quantized": quant.is_quantized},
     )
-    return LoadedModel(peft_model, dtype, device)
+    return LoadedModel(peft_model, precision, device)

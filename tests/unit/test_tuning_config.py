@@ -54,14 +54,16 @@ def test_upstream_qlora_template_parses_with_its_values() -> None:
 def test_empty_config_gets_upstream_defaults_per_method() -> None:
     lora = parse_training_config({"training_config": {}}, "lora")
     assert lora.quantization.is_quantized is False
-    assert lora.model.torch_dtype == "bfloat16" and lora.model.local_files_only is True
+    # "auto": bfloat16 where the device has it (upstream's template value), else the
+    # device's fast dtype (runtime.precision).
+    assert lora.model.torch_dtype == "auto" and lora.model.local_files_only is True
     assert (lora.lora.r, lora.lora.lora_alpha, lora.lora.lora_dropout) == (8, 8, 0.0)
     assert lora.training.num_train_epochs == 3 and lora.training.save_strategy == "no"
     assert lora.dataset.shuffle_dataset is True and lora.collator.mlm is False
     qlora = parse_training_config(None, "qlora")
     assert qlora.quantization.load_in_4bit is True
     assert qlora.quantization.bnb_4bit_use_double_quant is True
-    assert qlora.quantization.bnb_4bit_compute_dtype == "bfloat16"
+    assert qlora.quantization.bnb_4bit_compute_dtype == "auto"
 
 
 def test_extra_keys_pass_through_for_the_hugging_face_classes() -> None:
