@@ -12,6 +12,8 @@ from controller.cache import (
     NAMESPACE_INDEX,
     OWNER_UID_INDEX,
     Cache,
+    index_by_label,
+    index_by_namespace,
     object_key,
     split_key,
     strip_managed_fields,
@@ -95,3 +97,18 @@ def test_custom_index_added_late_covers_existing_objects() -> None:
 def test_strip_managed_fields() -> None:
     obj = cm("a", managedFields=[{"manager": "kubectl"}])
     assert "managedFields" not in strip_managed_fields(obj)["metadata"]
+
+
+def test_reads_hand_out_copies_the_caller_cannot_corrupt_the_cache_with() -> None:
+    cache = Cache({LABEL_INDEX: index_by_label, NAMESPACE_INDEX: index_by_namespace})
+    cache.upsert({"metadata": {"name": "a", "namespace": "ns", "labels": {"x": "1"}},
+                  "data": {"k": ["v"]}})
+    reads = [cache.get("ns/a"), cache.get_by_name("a", "ns"), cache.objects("ns")[0],
+             cache.by_index(LABEL_INDEX, "x=1")[0], next(iter(cache))]
+    for obj in reads:
+        assert obj is not None
+        obj["data"]["k"].append("changed")
+        obj["metadata"]["labels"]["x"] = "2"
+    fresh = cache.get("ns/a")
+    assert fresh is not None and fresh["data"] == {"k": ["v"]}
+    assert cache.objects(labels={"x": "1"}) and not cache.objects(labels={"x": "2"})
