@@ -56,7 +56,10 @@ def server(
          "--adapter", f"phrase={adapter}", "--adapter", f"phrase-off={adapter}:0",
          "--default-model", BASE, "--torch-threads", "1",
          "--max-context-tokens", str(CONTEXT), "--max-batch-size", "8", "--max-queue", "32",
-         "--default-max-tokens", "24"],
+         "--default-max-tokens", "24",
+         # float32 on every CPU: these tests compare answers token for token between
+         # batched and lone requests, which reduced precision does not promise.
+         "--dtype", "float32"],
         logs / "server.log",
     )
     yield process
@@ -323,3 +326,21 @@ def test_fuzzed_requests_never_get_a_5xx(server: ServerProcess) -> None:
         check()
     with urllib.request.urlopen(server.url + "/health") as response:
         assert response.status == 200
+
+
+def test_default_precision_follows_the_cpu(
+    smollm2_path: Path, tmp_path: Path
+) -> None:
+    from runtime.precision import cpu_capability
+
+    expected = "bfloat16" if cpu_capability().has_native_bfloat16 else "float32"
+    process = start_server(["--model", str(smollm2_path), "--torch-threads", "1"],
+                           tmp_path / "server.log")
+    try:
+        info = httpx.get(process.url + "/info", timeout=30).json()
+        assert info["model_dtype"] == expected
+        answer = httpx.post(process.url + "/chat", timeout=120, json={
+            "prompt": "Say hello.", "generate_kwargs": {"max_new_tokens": 4}}).json()
+        assert answer["Result"]
+    finally:
+        process.stop()
