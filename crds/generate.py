@@ -50,6 +50,20 @@ WORKSPACE_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
     },
     {
+        "name": "Progress",
+        "type": "string",
+        "jsonPath": ".status.tuning.progress",
+        "description": "Tuning steps done/planned",
+        "priority": 1,
+    },
+    {
+        "name": "Loss",
+        "type": "string",
+        "jsonPath": ".status.tuning.loss",
+        "description": "Training loss of the latest step",
+        "priority": 1,
+    },
+    {
         "name": "State",
         "type": "string",
         "jsonPath": ".status.state",

@@ -159,6 +159,45 @@ class TuningSpec(ApiModel):
     """Where the trained adapter is written."""
 
 
+class EvaluationResult(ApiModel):
+    """Loss on the held-out split, as the tuning runtime measured it."""
+
+    loss: float | None = None
+    """Mean cross-entropy per target token."""
+    perplexity: float | None = None
+    """exp(loss)."""
+
+
+class TuningProgress(ApiModel):
+    """Where the tuning Job is (not in upstream Kaito): read by the controller from the
+    tuning pod's /progress endpoint at a bounded rate; the pod itself never writes to the
+    API."""
+
+    phase: str | None = None
+    """The runtime's phase: starting, validating, loading, evaluating, training, saving,
+    pushing, succeeded or failed."""
+    step: int | None = None
+    """Optimizer steps done."""
+    total_steps: int | None = None
+    """Optimizer steps planned."""
+    progress: str | None = None
+    """step/totalSteps as text, for `kubectl get` (e.g. "120/600")."""
+    loss: str | None = None
+    """Training loss of the latest step, as text (e.g. "1.234")."""
+    tokens_per_second: str | None = None
+    """Recent training throughput, as text."""
+    eta_seconds: int | None = None
+    """Estimated seconds until training finishes."""
+    dtype: str | None = None
+    """The precision training computes in (chosen from the GPU/CPU unless configured)."""
+    evaluation_before: EvaluationResult | None = None
+    """Held-out loss before training."""
+    evaluation_after: EvaluationResult | None = None
+    """Held-out loss after training."""
+    updated_at: str | None = None
+    """When the controller last read the pod's progress (RFC 3339)."""
+
+
 class WorkspaceStatus(ApiModel):
     """What the controller observed."""
 
@@ -171,6 +210,8 @@ class WorkspaceStatus(ApiModel):
     """A one-word summary of the workspace's phase."""
     target_node_count: int | None = None
     """How many nodes the workspace needs."""
+    tuning: TuningProgress | None = None
+    """Progress of the tuning Job (tuning workspaces only)."""
 
 
 class Workspace(ApiModel):

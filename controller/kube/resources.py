@@ -48,3 +48,17 @@ class ResourceType:
 CONFIGMAPS = ResourceType("", "v1", "configmaps", "ConfigMap")
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease")
 NAMESPACES = ResourceType("", "v1", "namespaces", "Namespace", namespaced=False)
+
+# What the Workspace and node-claim controllers read and write.
+WORKSPACES = ResourceType("kaito.sh", "v1beta1", "workspaces", "Workspace")
+NODECLAIMS = ResourceType("karpenter.sh", "v1", "nodeclaims", "NodeClaim", namespaced=False)
+MACHINES = ResourceType("karpenter.sh", "v1alpha5", "machines", "Machine", namespaced=False)
+NODES = ResourceType("", "v1", "nodes", "Node", namespaced=False)
+PODS = ResourceType("", "v1", "pods", "Pod")
+SERVICES = ResourceType("", "v1", "services", "Service")
+SECRETS = ResourceType("", "v1", "secrets", "Secret")
+EVENTS = ResourceType("events.k8s.io", "v1", "events", "Event")
+JOBS = ResourceType("batch", "v1", "jobs", "Job")
+DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment")
+STATEFULSETS = ResourceType("apps", "v1", "statefulsets", "StatefulSet")
+CONTROLLER_REVISIONS = ResourceType("apps", "v1", "controllerrevisions", "ControllerRevision")
