@@ -16,5 +16,6 @@ The runtime mirrors controller-runtime; a controller is wired like this::
 A reconciler implements `async reconcile(request) -> Result` (controller.reconcile):
 raise to retry with backoff, raise `TerminalError` for bad input, return
 `Result(requeue_after_seconds=...)` to look again later. `python -m controller` runs the
-manager with the ConfigMap-copy demo (controller.configmap_copy).
+manager with the Workspace controller (controller.workspace); the ConfigMap-copy demo
+(controller.configmap_copy) is kept as a test fixture of the runtime.
 """

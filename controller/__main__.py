@@ -1,7 +1,7 @@
 """`python -m controller` / `kaito controller`: run the manager.
 
-For now the only controller is the ConfigMap-copy demo; the Workspace reconciler and
-the node provisioners plug into the same manager. Exit codes: 0 after a clean stop
+It runs the Workspace controller (nodes, tuning Job, serving workload, status) on the
+controller runtime. Exit codes: 0 after a clean stop
 (SIGTERM/SIGINT), 1 when the leader lease is lost or the runtime fails, 2 on bad
 settings.
 """
@@ -12,17 +12,20 @@ import argparse
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from controller.configmap_copy import setup_configmap_copy
 from controller.informer import InformerOptions
 from controller.kube.client import KubeClient
 from controller.leader import LeaderElectionLost, LeaseElector
 from controller.manager import Manager
 from controller.metrics import Metrics
 from controller.settings import ControllerSettings
+from controller.workspace.reconciler import WorkspaceSettings
+from controller.workspace.setup import setup_workspace_controller
+from controller.workspace.workload import WorkloadSettings
 from kaito.logs import configure_logging
 
 log = logging.getLogger("controller")
@@ -89,7 +92,29 @@ async def _client(settings: ControllerSettings, metrics: Metrics) -> KubeClient:
     )
 
 
-async def run(settings: ControllerSettings) -> int:
+# Wires controllers into the manager; returns what to await on the way out (or None).
+Closer = Callable[[], Awaitable[None]]
+Setup = Callable[[Manager, ControllerSettings], Closer | None]
+
+
+def setup_production(manager: Manager, settings: ControllerSettings) -> Closer | None:
+    """The Workspace controller with the settings' images and provisioning mode."""
+    options = settings.workspace
+    _, reconciler = setup_workspace_controller(
+        manager, identity=settings.leader_election.identity, workers=settings.workers,
+        namespace=settings.watch_namespace,
+        settings=WorkspaceSettings(
+            workload=WorkloadSettings(runtime_image=options.runtime_image,
+                                      image_pull_policy=options.image_pull_policy,
+                                      tuning_backoff_limit=options.tuning_backoff_limit),
+            can_provision=options.node_provisioning,
+            progress_interval_seconds=options.progress_interval_seconds,
+        ),
+    )
+    return reconciler.close
+
+
+async def run(settings: ControllerSettings, setup: Setup = setup_production) -> int:
     metrics = Metrics()
     async with await _client(settings, metrics) as client:
         election = settings.leader_election
@@ -116,10 +141,7 @@ async def run(settings: ControllerSettings) -> int:
                 inactivity_timeout_seconds=settings.informer.inactivity_timeout_seconds,
             ),
         )
-        setup_configmap_copy(
-            manager, namespace=settings.watch_namespace, identity=election.identity,
-            workers=settings.workers,
-        )
+        closing = setup(manager, settings)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, manager.stop)
@@ -131,10 +153,12 @@ async def run(settings: ControllerSettings) -> int:
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)
+            if closing is not None:
+                await closing()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, setup: Setup = setup_production) -> int:
     try:
         settings = load_settings(argv)
     except ValidationError as exc:
@@ -147,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                "leader_election": settings.leader_election.enabled},
     )
     try:
-        return asyncio.run(run(settings))
+        return asyncio.run(run(settings, setup))
     except Exception:
         log.exception("controller failed")
         return 1

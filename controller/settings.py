@@ -63,6 +63,16 @@ class InformerSettings(BaseModel):
     inactivity_timeout_seconds: float = Field(default=70.0, gt=0)
 
 
+class WorkspaceControllerSettings(BaseModel):
+    """The Workspace controller: which images its pods run and how it gets nodes."""
+
+    runtime_image: str = "kaito-runtime:0.1.0"
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    node_provisioning: bool = True  # create NodeClaims; off = bring-your-own nodes only
+    progress_interval_seconds: float = Field(default=15.0, gt=0)
+    tuning_backoff_limit: int = Field(default=2, ge=0, le=10)
+
+
 class ControllerSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="KAITO_", env_nested_delimiter="__", extra="ignore"
@@ -74,6 +84,7 @@ class ControllerSettings(BaseSettings):
         default_factory=lambda: LeaderElectionSettings()
     )
     informer: InformerSettings = InformerSettings()
+    workspace: WorkspaceControllerSettings = WorkspaceControllerSettings()
     workers: int = Field(default=4, ge=1, le=256)
     watch_namespace: str | None = None
     graceful_shutdown_seconds: float = Field(default=30.0, ge=0)

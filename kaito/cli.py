@@ -20,6 +20,9 @@ _COMPONENTS = {
     "webhook": ("webhook.__main__", "run the admission webhook server"),
     "serve": ("runtime.serving.__main__", "run the inference server (inside a pod)"),
     "tune": ("runtime.tuning.__main__", "run LoRA/QLoRA tuning (inside a pod)"),
+    "fetch": ("runtime.fetch", "download tuning data URLs into a folder (inside a pod)"),
+    "fetch-model": ("runtime.fetch_model", "download a model from Hugging Face (inside a pod)"),
+    "pull-adapter": ("runtime.adapter_pull", "pull a LoRA adapter OCI artifact (inside a pod)"),
 }
 
 

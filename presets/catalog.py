@@ -19,6 +19,10 @@ SKUS_FILE = _HERE / "skus.yaml"
 
 GIB = 1024**3
 
+# Presets whose weights ship inside the runtime image (runtime/base_model.py): their pods
+# name the preset instead of downloading weights into /mnt/model.
+IMAGE_WEIGHTS_PRESETS: frozenset[str] = frozenset({"smollm2-135m-instruct"})
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -47,7 +47,7 @@ class ControllerProcess:
         self.log_path = logs / f"controller-{identity}.log"
         self._log = self.log_path.open("w")
         argv = [
-            sys.executable, "-m", "controller",
+            sys.executable, "-m", "tests.envtest.copy_controller",
             "--kubeconfig", str(cluster.kubeconfig), "--namespace", namespace,
             "--leader-elect", "--lease-namespace", namespace, "--lease-name", LEASE,
             "--identity", identity, "--port", str(self.port), "--bind-host", "127.0.0.1",

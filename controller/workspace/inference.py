@@ -1,0 +1,329 @@
+"""The inference workload of a Workspace and its Services (pure).
+
+One node: a Deployment with one replica and the ``Recreate`` strategy (a GPU node holds one
+model; a rolling update would wait forever for a second node). Several nodes: a
+StatefulSet with stable pod names behind a headless Service, so the pods can find rank 0
+(torchrun's rendezvous on port 29500). Each pod runs ``kaito serve`` on port 5000 with the
+workspace's LoRA adapters under /mnt/adapter/<name>: OCI adapters are pulled by an init
+container (``kaito pull-adapter``), volume adapters are mounted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from controller.workspace.workload import (
+    MODEL_DIR,
+    JsonDict,
+    WorkloadSettings,
+    bounded_name,
+    component_labels,
+    fetch_model_init_container,
+    gpu_resources,
+    model_access_secret,
+    object_metadata,
+    pod_spec_base,
+    runtime_container,
+    runtime_env,
+    scratch_mounts,
+    scratch_volumes,
+    workspace_name,
+    workspace_namespace,
+)
+from crds.workspace import PresetSpec, Workspace
+from presets.catalog import IMAGE_WEIGHTS_PRESETS, GpuSku, ModelPreset
+
+COMPONENT = "inference"
+ADAPTER_DIR = "/mnt/adapter"
+ADAPTER_SECRET_DIR = "/mnt/adapter-secret"
+INFERENCE_CONFIG_DIR = "/mnt/inference-config"
+DOCKERCONFIG_KEY = ".dockerconfigjson"
+TORCHRUN_PORT = 29500
+SERVICE_PORT = 80
+DEFAULT_STRENGTH = "1.0"
+HEADLESS_SUFFIX = "-headless"
+# A StatefulSet's controller-revision-hash label is "<name>-<10 chars>" and must fit 63.
+MAX_STATEFULSET_NAME_LENGTH = 52
+
+# Weight loading can take many minutes for a large model: the startup probe allows 30
+# (180 x 10 s) before the kubelet restarts the container; liveness applies only after.
+STARTUP_PERIOD_SECONDS = 10
+STARTUP_FAILURE_THRESHOLD = 180
+
+
+@dataclass(frozen=True)
+class AdapterMount:
+    """A LoRA adapter to serve: pulled from an OCI image or mounted from a volume."""
+
+    name: str
+    strength: str = DEFAULT_STRENGTH
+    image: str | None = None
+    image_pull_secrets: tuple[str, ...] = ()
+    volume_source: dict[str, Any] | None = None
+
+
+def adapters_for(ws: Workspace) -> list[AdapterMount]:
+    """The adapters ``inference.adapters`` names (entries without a source are skipped)."""
+    if ws.inference is None:
+        return []
+    mounts: list[AdapterMount] = []
+    for adapter in ws.inference.adapters or []:
+        source = adapter.source
+        if source is None or not source.name:
+            continue
+        mounts.append(AdapterMount(
+            name=source.name,
+            strength=adapter.strength or DEFAULT_STRENGTH,
+            image=source.image or None,
+            image_pull_secrets=tuple(source.image_pull_secrets or ()),
+            volume_source=dict(source.volume_source) if source.volume_source else None,
+        ))
+    return mounts
+
+
+def tuned_adapter(ws: Workspace) -> AdapterMount:
+    """The adapter a tuning workspace produced, served under the workspace's name: pulled
+    from the output image with the push secret, or mounted from the output volume."""
+    output = ws.tuning.output if ws.tuning is not None else None
+    if output is None or not (output.image or output.volume_source):
+        raise ValueError("the workspace has no tuning output to serve")
+    if output.image:
+        secrets = (output.image_push_secret,) if output.image_push_secret else ()
+        return AdapterMount(name=workspace_name(ws), image=output.image,
+                            image_pull_secrets=secrets)
+    return AdapterMount(name=workspace_name(ws), volume_source=dict(output.volume_source or {}))
+
+
+def service_name(ws: Workspace) -> str:
+    """The Service's name: the workspace's, prefixed when it starts with a digit (Service
+    names are DNS-1035 labels)."""
+    name = workspace_name(ws)
+    return name if name[:1].isalpha() else bounded_name("ws-" + name)
+
+
+def headless_service_name(ws: Workspace) -> str:
+    return bounded_name(service_name(ws), HEADLESS_SUFFIX)
+
+
+def workload_name(ws: Workspace, node_count: int) -> str:
+    """The Deployment's (the workspace's) or the StatefulSet's name."""
+    if node_count > 1:
+        return bounded_name(workspace_name(ws), limit=MAX_STATEFULSET_NAME_LENGTH)
+    return workspace_name(ws)
+
+
+def _preset_spec(ws: Workspace) -> PresetSpec | None:
+    if ws.inference is not None and ws.inference.preset is not None:
+        return ws.inference.preset
+    return ws.tuning.preset if ws.tuning is not None else None
+
+
+def _adapter_parts(
+    adapters: Sequence[AdapterMount], settings: WorkloadSettings
+) -> tuple[list[JsonDict], list[JsonDict], list[JsonDict], list[str]]:
+    """Volumes, init containers, serving-container mounts and ``--adapter`` flags."""
+    volumes: list[JsonDict] = []
+    init_containers: list[JsonDict] = []
+    mounts: list[JsonDict] = []
+    flags: list[str] = []
+    for index, adapter in enumerate(adapters):
+        # Adapter names may hold '.' or '_', which volume and container names may not.
+        volume = f"adapter-{index}"
+        path = f"{ADAPTER_DIR}/{adapter.name}"
+        flags += ["--adapter", f"{adapter.name}:{adapter.strength}"]
+        if adapter.image:
+            volumes.append({"name": volume, "emptyDir": {}})
+            pull_mounts = [*scratch_mounts(with_shm=False), {"name": volume, "mountPath": path}]
+            args = ["pull-adapter", "--reference", adapter.image, "--dest", path]
+            for secret_index, secret in enumerate(adapter.image_pull_secrets):
+                secret_volume = f"adapter-{index}-secret-{secret_index}"
+                secret_dir = f"{ADAPTER_SECRET_DIR}/{index}-{secret_index}"
+                volumes.append({
+                    "name": secret_volume,
+                    "secret": {
+                        "secretName": secret,
+                        "items": [{"key": DOCKERCONFIG_KEY, "path": DOCKERCONFIG_KEY}],
+                        "defaultMode": 0o440,
+                    },
+                })
+                pull_mounts.append(
+                    {"name": secret_volume, "mountPath": secret_dir, "readOnly": True}
+                )
+                args += ["--secret", f"{secret_dir}/{DOCKERCONFIG_KEY}"]
+            init_containers.append(
+                runtime_container(f"pull-adapter-{index}", settings, args=args, mounts=pull_mounts)
+            )
+        elif adapter.volume_source:
+            volumes.append({"name": volume, **adapter.volume_source})
+        else:
+            raise ValueError(f"adapter {adapter.name!r} has neither an image nor a volume")
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+    return volumes, init_containers, mounts, flags
+
+
+def _probe(path: str, port: int, *, period: int, failures: int, delay: int = 0) -> JsonDict:
+    probe: JsonDict = {
+        "httpGet": {"path": path, "port": port, "scheme": "HTTP"},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "successThreshold": 1,
+        "failureThreshold": failures,
+    }
+    if delay:
+        probe["initialDelaySeconds"] = delay
+    return probe
+
+
+def _distributed_env(ws: Workspace, name: str, node_count: int) -> list[JsonDict]:
+    """torchrun's rendezvous: rank 0's stable DNS name, the node count and this pod's
+    rank (the StatefulSet's pod-index label)."""
+    headless = headless_service_name(ws)
+    master = f"{name}-0.{headless}.{workspace_namespace(ws)}.svc"
+    return [
+        {"name": "MASTER_ADDR", "value": master},
+        {"name": "MASTER_PORT", "value": str(TORCHRUN_PORT)},
+        {"name": "NNODES", "value": str(node_count)},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+            },
+        },
+    ]
+
+
+def build_inference_workload(
+    ws: Workspace,
+    preset: ModelPreset,
+    sku: GpuSku | None,
+    *,
+    settings: WorkloadSettings,
+    revision: str,
+    node_count: int,
+    adapters: list[AdapterMount],
+) -> JsonDict:
+    """A Deployment (one node) or a StatefulSet (several) serving ``preset``."""
+    if node_count < 1:
+        raise ValueError("node_count must be at least 1")
+    name = workload_name(ws, node_count)
+    volumes = scratch_volumes()
+    init_containers: list[JsonDict] = []
+    mounts = scratch_mounts()
+    env = runtime_env()
+
+    if preset.name in IMAGE_WEIGHTS_PRESETS:
+        model = preset.name
+    else:
+        model = MODEL_DIR
+        volumes.append({"name": "model", "emptyDir": {}})
+        mounts.append({"name": "model", "mountPath": MODEL_DIR, "readOnly": True})
+        secret = model_access_secret(_preset_spec(ws))
+        init_containers.append(fetch_model_init_container(preset.hf_id, secret, settings))
+
+    adapter_volumes, adapter_inits, adapter_mounts, adapter_flags = _adapter_parts(
+        adapters, settings
+    )
+    volumes += adapter_volumes
+    init_containers += adapter_inits
+    mounts += adapter_mounts
+
+    config_map = ws.inference.config if ws.inference is not None else None
+    if config_map:
+        volumes.append({"name": "inference-config", "configMap": {"name": config_map}})
+        mounts.append(
+            {"name": "inference-config", "mountPath": INFERENCE_CONFIG_DIR, "readOnly": True}
+        )
+    if node_count > 1:
+        env += _distributed_env(ws, name, node_count)
+
+    port = settings.serving_port
+    args = ["serve", "--model", model, "--port", str(port), "--adapter-dir", ADAPTER_DIR,
+            *adapter_flags]
+    server = runtime_container("inference", settings, args=args, mounts=mounts, env=env)
+    server["ports"] = [
+        {"name": "http", "containerPort": port, "protocol": "TCP"},
+        {"name": "torchrun", "containerPort": TORCHRUN_PORT, "protocol": "TCP"},
+    ]
+    server["startupProbe"] = _probe("/health", port, period=STARTUP_PERIOD_SECONDS,
+                                    failures=STARTUP_FAILURE_THRESHOLD, delay=10)
+    server["readinessProbe"] = _probe("/health", port, period=5, failures=3, delay=5)
+    server["livenessProbe"] = _probe("/health", port, period=10, failures=6, delay=15)
+    resources = gpu_resources(sku)
+    if resources:
+        server["resources"] = resources
+
+    pod_spec = pod_spec_base(ws)
+    pod_spec["containers"] = [server]
+    pod_spec["volumes"] = volumes
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    labels = component_labels(ws, COMPONENT)
+    if node_count > 1:
+        # One pod per node even where no GPU limit keeps them apart (unknown SKU).
+        pod_spec.setdefault("affinity", {})["podAntiAffinity"] = {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"labelSelector": {"matchLabels": labels},
+                 "topologyKey": "kubernetes.io/hostname"}
+            ]
+        }
+
+    metadata = object_metadata(ws, name, COMPONENT, revision)
+    template = {
+        "metadata": {"labels": dict(labels), "annotations": dict(metadata["annotations"])},
+        "spec": pod_spec,
+    }
+    spec: JsonDict = {"selector": {"matchLabels": dict(labels)}, "template": template}
+    if node_count == 1:
+        spec.update({"replicas": 1, "strategy": {"type": "Recreate"},
+                     "revisionHistoryLimit": 2})
+        kind = "Deployment"
+    else:
+        spec.update({
+            "replicas": node_count,
+            "serviceName": headless_service_name(ws),
+            "podManagementPolicy": "Parallel",
+            "revisionHistoryLimit": 2,
+        })
+        kind = "StatefulSet"
+    return {"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec}
+
+
+def build_service(ws: Workspace, *, settings: WorkloadSettings | None = None) -> JsonDict:
+    """The ClusterIP Service clients call: ``http`` port 80 to the server's port 5000."""
+    serving_port = (settings or WorkloadSettings()).serving_port
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(ws, service_name(ws), COMPONENT),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": component_labels(ws, COMPONENT),
+            "ports": [
+                {"name": "http", "protocol": "TCP", "port": SERVICE_PORT,
+                 "targetPort": serving_port},
+                {"name": "torchrun", "protocol": "TCP", "port": TORCHRUN_PORT,
+                 "targetPort": TORCHRUN_PORT},
+            ],
+        },
+    }
+
+
+def build_headless_service(ws: Workspace) -> JsonDict:
+    """The headless Service giving each StatefulSet pod a stable DNS name, ready or not
+    (the ranks must find each other before any of them is ready)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": object_metadata(ws, headless_service_name(ws), COMPONENT),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": component_labels(ws, COMPONENT),
+            "ports": [
+                {"name": "torchrun", "protocol": "TCP", "port": TORCHRUN_PORT,
+                 "targetPort": TORCHRUN_PORT},
+            ],
+        },
+    }

@@ -1,0 +1,227 @@
+"""Which GPU nodes a workspace uses, and which NodeClaims to create or delete (pure).
+
+Bring-your-own first: Ready nodes that report ``nvidia.com/gpu`` and match the
+workspace's ``resource.labelSelector`` are used as they are. Only the nodes still missing
+become NodeClaims, with deterministic names (a digest of the workspace's namespace/name
+plus an index), so a controller restarted between "create" and "see it in the cache"
+gets 409 AlreadyExists instead of a duplicate claim. A namespaced Workspace cannot own a
+cluster-scoped NodeClaim, so claims carry the workspace labels and the finalizer cleans
+them up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crds.karpenter import (
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    INSTANCE_TYPE_LABEL,
+    NODEPOOL_LABEL,
+    NODEPOOL_NAME,
+    WORKSPACE_LABEL,
+    WORKSPACE_NAMESPACE_LABEL,
+)
+from crds.meta import LabelSelector
+from crds.workspace import Workspace
+
+GPU_RESOURCE = "nvidia.com/gpu"
+CLAIM_NAME_PREFIX = "ws"
+# Where a claim's failure shows: the provider sets Launched=False with a reason.
+CLAIM_CONDITIONS = ("Launched", "Registered", "Initialized", "Ready")
+
+
+def claim_labels(ws: Workspace) -> dict[str, str]:
+    """The labels that tie a claim (and its node) to its workspace."""
+    return {
+        WORKSPACE_LABEL: ws.metadata.name or "",
+        WORKSPACE_NAMESPACE_LABEL: ws.metadata.namespace or "",
+    }
+
+
+def claim_name(ws: Workspace, index: int) -> str:
+    """``ws<10 hex>-<index>``: stable for the workspace, short enough for any provider
+    (the AKS agent-pool name is derived from it), unique across namespaces."""
+    digest = hashlib.sha256(f"{ws.metadata.namespace}/{ws.metadata.name}".encode()).hexdigest()
+    return f"{CLAIM_NAME_PREFIX}{digest[:10]}-{index}"
+
+
+def selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) -> bool:
+    """Whether ``labels`` satisfy a metav1.LabelSelector (an empty selector matches all)."""
+    if selector is None:
+        return True
+    for key, value in (selector.match_labels or {}).items():
+        if labels.get(key) != value:
+            return False
+    for requirement in selector.match_expressions or []:
+        values = requirement.values or []
+        present = requirement.key in labels
+        if requirement.operator == "In" and not (present and labels[requirement.key] in values):
+            return False
+        if requirement.operator == "NotIn" and present and labels[requirement.key] in values:
+            return False
+        if requirement.operator == "Exists" and not present:
+            return False
+        if requirement.operator == "DoesNotExist" and present:
+            return False
+    return True
+
+
+def _quantity(value: Any) -> int:
+    try:
+        return int(str(value))
+    except ValueError:
+        return 0
+
+
+def node_gpus(node: Mapping[str, Any]) -> int:
+    """GPUs the node can give pods (allocatable, else capacity)."""
+    status = node.get("status") or {}
+    for source in ("allocatable", "capacity"):
+        value = (status.get(source) or {}).get(GPU_RESOURCE)
+        if value is not None:
+            return _quantity(value)
+    return 0
+
+
+def is_node_ready(node: Mapping[str, Any]) -> bool:
+    if (node.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    for condition in (node.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return False
+
+
+def _labels(obj: Mapping[str, Any]) -> dict[str, str]:
+    return dict((obj.get("metadata") or {}).get("labels") or {})
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name", ""))
+
+
+def usable_nodes(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Names of Ready GPU nodes matching the workspace's selector, sorted."""
+    selector = ws.resource.label_selector if ws.resource else None
+    return sorted(
+        _name(node) for node in nodes
+        if is_node_ready(node) and node_gpus(node) > 0 and selector_matches(selector, _labels(node))
+    )
+
+
+def build_node_claim(ws: Workspace, instance_type: str, name: str) -> dict[str, Any]:
+    """The NodeClaim for one GPU node of ``instance_type`` for ``ws``."""
+    selector = ws.resource.label_selector if ws.resource else None
+    labels = {
+        **(selector.match_labels if selector and selector.match_labels else {}),
+        **claim_labels(ws),
+        NODEPOOL_LABEL: NODEPOOL_NAME,
+    }
+    return {
+        "apiVersion": "karpenter.sh/v1",
+        "kind": "NodeClaim",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "requirements": [
+                {"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": [instance_type]},
+                {"key": NODEPOOL_LABEL, "operator": "In", "values": [NODEPOOL_NAME]},
+                {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+            ],
+            "taints": [{"key": GPU_TAINT_KEY, "value": GPU_TAINT_VALUE, "effect": "NoSchedule"}],
+            "resources": {"requests": {"storage": "120Gi"}},
+            "nodeClassRef": {"group": "kaito.sh", "kind": "KaitoNodeClass", "name": "default"},
+        },
+    }
+
+
+def claim_condition(claim: Mapping[str, Any], condition_type: str) -> Mapping[str, Any] | None:
+    for condition in (claim.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == condition_type:
+            return dict(condition)
+    return None
+
+
+def claim_failure(claim: Mapping[str, Any]) -> str | None:
+    """The provider's reason a claim failed (a False condition), or None."""
+    for condition_type in CLAIM_CONDITIONS:
+        condition = claim_condition(claim, condition_type)
+        if condition is not None and condition.get("status") == "False":
+            reason = condition.get("reason") or condition_type + "Failed"
+            message = condition.get("message") or ""
+            return f"{_name(claim)}: {reason}" + (f": {message}" if message else "")
+    return None
+
+
+@dataclass
+class NodePlan:
+    """What to do about nodes for one workspace."""
+
+    target_node_count: int
+    worker_nodes: list[str] = field(default_factory=list)  # Ready nodes in use
+    claims_to_create: list[dict[str, Any]] = field(default_factory=list)
+    claims_to_delete: list[str] = field(default_factory=list)  # failed: recreated next time
+    pending_claims: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def is_ready(self) -> bool:
+        return len(self.worker_nodes) >= self.target_node_count
+
+
+def plan_nodes(
+    ws: Workspace,
+    *,
+    target_node_count: int,
+    instance_type: str | None,
+    nodes: Iterable[Mapping[str, Any]],
+    claims: Iterable[Mapping[str, Any]],
+    can_provision: bool = True,
+) -> NodePlan:
+    """Which nodes to use and which claims to create or delete (pure).
+
+    ``claims`` are this workspace's claims (by label). A Ready node counts whether it is
+    brought by the user or made for one of our claims. A claim whose provider reported a
+    failure is deleted (and made again on a later pass, under the same name once the old
+    one is gone), and its reason is kept for the ResourceReady condition.
+    """
+    node_list = list(nodes)
+    plan = NodePlan(target_node_count=target_node_count)
+    plan.worker_nodes = usable_nodes(ws, node_list)[:target_node_count]
+    ready_names = set(plan.worker_nodes)
+    claim_list = sorted(claims, key=_name)
+    live_claims: list[Mapping[str, Any]] = []
+    for claim in claim_list:
+        failure = claim_failure(claim)
+        if failure is not None:
+            plan.failures.append(failure)
+            if not (claim.get("metadata") or {}).get("deletionTimestamp"):
+                plan.claims_to_delete.append(_name(claim))
+            continue
+        live_claims.append(claim)
+    existing = {_name(claim) for claim in claim_list}
+    claimed_node_ready = [
+        claim for claim in live_claims
+        if (claim.get("status") or {}).get("nodeName") in ready_names
+    ]
+    missing = target_node_count - len(plan.worker_nodes)
+    # Claims already asked for but not yet Ready cover part of what is missing.
+    in_flight = [claim for claim in live_claims if claim not in claimed_node_ready]
+    plan.pending_claims = [_name(claim) for claim in in_flight]
+    missing -= len(in_flight)
+    if missing <= 0 or not can_provision or instance_type is None:
+        return plan
+    index = 0
+    while missing > 0:
+        name = claim_name(ws, index)
+        index += 1
+        if name in existing:
+            continue  # taken by a live claim, or by a failed one still being deleted
+        plan.claims_to_create.append(build_node_claim(ws, instance_type, name))
+        missing -= 1
+    return plan

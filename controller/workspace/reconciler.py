@@ -1,0 +1,473 @@
+"""The Workspace reconciler: read the cache, plan with the pure builders, write the
+differences, report status.
+
+One pass: finalizer → revision → nodes (claims) → tuning Job or serving workload →
+status. Every object it makes carries a hash of its desired form
+(``workspace.kaito.sh/desired-hash``); an object whose hash matches is left alone, so a
+resync with nothing new makes no API write. Names are deterministic, so a create that
+races a restart gets 409 and the next pass adopts what exists. Deletion removes the
+workload and the claims and waits for the claims to be gone before dropping the
+finalizer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.events import NORMAL, WARNING, EventRecorder
+from controller.informer import Informer
+from controller.kube.client import KubeClient
+from controller.kube.errors import AlreadyExists, Conflict, NotFound
+from controller.kube.resources import (
+    CONFIGMAPS,
+    CONTROLLER_REVISIONS,
+    DEPLOYMENTS,
+    JOBS,
+    NODECLAIMS,
+    SERVICES,
+    STATEFULSETS,
+    WORKSPACES,
+    KubeObject,
+    ResourceType,
+)
+from controller.reconcile import Request, Result
+from controller.workspace import inference as inference_builders
+from controller.workspace import tuning as tuning_builders
+from controller.workspace.nodes import claim_labels, plan_nodes
+from controller.workspace.progress import ProgressReader, progress_status, same_progress
+from controller.workspace.revision import (
+    build_controller_revision,
+    revision_hash,
+    revision_name,
+    revisions_to_prune,
+)
+from controller.workspace.status import (
+    STATE_DELETING,
+    Observed,
+    StatusPlan,
+    Verdict,
+    apply_conditions,
+    plan_status,
+)
+from controller.workspace.workload import (
+    REVISION_ANNOTATION,
+    WorkloadSettings,
+    owner_reference,
+    workspace_labels,
+)
+from crds.workspace import Workspace
+from presets.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "workspace.kaito.sh/finalizer"
+DESIRED_HASH_ANNOTATION = "workspace.kaito.sh/desired-hash"
+# Upstream releases the nodes after tuning; here the adapter is served unless this is "false".
+SERVE_AFTER_TUNING_ANNOTATION = "kaito.sh/serve-after-tuning"
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+@dataclass(frozen=True)
+class WorkspaceSettings:
+    """What the reconciler needs besides the cluster."""
+
+    workload: WorkloadSettings = field(default_factory=WorkloadSettings)
+    can_provision: bool = True  # create NodeClaims (off: bring-your-own nodes only)
+    progress_interval_seconds: float = 15.0
+    deletion_poll_seconds: float = 2.0
+
+
+@dataclass
+class Informers:
+    """The informers the reconciler reads (each filtered to what it needs)."""
+
+    workspaces: Informer
+    nodes: Informer
+    claims: Informer
+    jobs: Informer
+    deployments: Informer
+    statefulsets: Informer
+    services: Informer
+    pods: Informer
+    configmaps: Informer
+    revisions: Informer
+
+
+def desired_hash(obj: Mapping[str, Any]) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def with_hash(obj: KubeObject) -> KubeObject:
+    """A copy of ``obj`` annotated with the hash of ``obj``."""
+    metadata = dict(obj.get("metadata") or {})
+    metadata["annotations"] = {**(metadata.get("annotations") or {}),
+                               DESIRED_HASH_ANNOTATION: desired_hash(obj)}
+    return {**obj, "metadata": metadata}
+
+
+def _annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
+    if obj is None:
+        return None
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
+    return None if value is None else str(value)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class WorkspaceReconciler:
+    """Drives one Workspace toward nodes, a tuning Job and/or a served model."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        informers: Informers,
+        catalog: Catalog,
+        recorder: EventRecorder,
+        settings: WorkspaceSettings | None = None,
+        progress: ProgressReader | None = None,
+    ) -> None:
+        self._client = client
+        self._informers = informers
+        self._catalog = catalog
+        self._recorder = recorder
+        self._settings = settings or WorkspaceSettings()
+        self._progress = progress or ProgressReader(self._settings.workload.progress_port)
+        self._last_progress_read: dict[str, float] = {}
+        self.writes = 0  # API writes made, for tests and the benchmark
+
+    async def close(self) -> None:
+        await self._progress.close()
+
+    # -- the pass ------------------------------------------------------------------------
+
+    async def reconcile(self, request: Request) -> Result:
+        obj = self._informers.workspaces.cache.get(request.key)
+        if obj is None:
+            self._last_progress_read.pop(request.key, None)
+            return Result()
+        ws = Workspace.model_validate(obj)
+        if ws.metadata.deletion_timestamp:
+            return await self._finalize(ws, obj)
+        if FINALIZER not in (ws.metadata.finalizers or []):
+            await self._patch_workspace(obj, {"metadata": {
+                "finalizers": [*(ws.metadata.finalizers or []), FINALIZER],
+                "resourceVersion": ws.metadata.resource_version}})
+            return Result()  # the update wakes the next pass
+
+        revision = revision_hash(ws)
+        if _annotation(obj, REVISION_ANNOTATION) != revision:
+            await self._record_revision(ws, obj, revision)
+            return Result()
+
+        is_tuning = ws.tuning is not None
+        spec = ws.tuning.preset if ws.tuning else (ws.inference.preset if ws.inference else None)
+        preset = self._catalog.preset(spec.name) if spec else None
+        instance_type = ws.resource.instance_type if ws.resource else None
+        sku = self._catalog.sku(instance_type) if instance_type else None
+        if preset is None:
+            plan = StatusPlan()
+            name = spec.name if spec else "(none)"
+            plan.conditions["ResourceReady"] = Verdict(
+                "False", "PresetNotFound", f"preset {name!r} is not in this operator's catalog")
+            await self._write_status(ws, obj, plan, target=None, workers=None, tuning=None)
+            return Result()
+
+        target = 1 if is_tuning else max(1, (ws.resource.count if ws.resource else None) or 1)
+        nodes = self._informers.nodes.cache.objects()
+        claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
+        node_plan = plan_nodes(ws, target_node_count=target, instance_type=instance_type,
+                               nodes=nodes, claims=claims,
+                               can_provision=self._settings.can_provision)
+        for claim in node_plan.claims_to_create:
+            await self._create(NODECLAIMS, claim)
+            await self._recorder.record(obj, NORMAL, "NodeClaimCreated",
+                                        f"NodeClaim {claim['metadata']['name']} created for "
+                                        f"a {instance_type} node", action="Provision")
+        for name in node_plan.claims_to_delete:
+            await self._delete(NODECLAIMS, name, None)
+            await self._recorder.record(obj, WARNING, "NodeClaimFailed",
+                                        "; ".join(node_plan.failures), action="Provision")
+
+        observed = Observed(nodes=node_plan, is_tuning=is_tuning,
+                            serves_after_tuning=_annotation(
+                                obj, SERVE_AFTER_TUNING_ANNOTATION) != "false")
+        namespace = ws.metadata.namespace or "default"
+        name = ws.metadata.name or ""
+        if is_tuning:
+            observed.job = await self._ensure_job(ws, obj, preset, sku, revision,
+                                                  may_create=node_plan.is_ready)
+            observed.job_pods = self._pods(namespace, {JOB_NAME_LABEL: name})
+            succeeded = bool(observed.job and (observed.job.get("status") or {}).get("succeeded"))
+            if succeeded and observed.serves_after_tuning and node_plan.is_ready:
+                adapter = inference_builders.tuned_adapter(ws)
+                observed.workload = await self._ensure_inference(
+                    ws, preset, sku, revision, 1, [adapter])
+        elif node_plan.is_ready:
+            observed.workload = await self._ensure_inference(
+                ws, preset, sku, revision, target, inference_builders.adapters_for(ws))
+        else:
+            observed.workload = self._existing_workload(namespace, name)
+        if observed.workload is not None:
+            observed.workload_pods = self._pods(namespace, {
+                **workspace_labels(ws), "app.kubernetes.io/component": "inference"})
+
+        status_plan = plan_status(observed)
+        tuning_status, requeue = await self._tuning_progress(request.key, ws, observed)
+        changed = await self._write_status(
+            ws, obj, status_plan, target=target, workers=node_plan.worker_nodes,
+            tuning=tuning_status)
+        if changed:
+            await self._record_transitions(ws, obj, status_plan)
+        if requeue is not None:
+            return Result(requeue_after_seconds=requeue)
+        return Result()
+
+    # -- pieces --------------------------------------------------------------------------
+
+    async def _record_revision(self, ws: Workspace, obj: KubeObject, revision: str) -> None:
+        namespace = ws.metadata.namespace or "default"
+        mine = [item for item in self._informers.revisions.cache.objects(
+            namespace, labels=workspace_labels(ws))]
+        if not any((item.get("metadata") or {}).get("name") == revision_name(ws, revision)
+                   for item in mine):
+            number = 1 + max((int(item.get("revision", 0)) for item in mine), default=0)
+            await self._create(CONTROLLER_REVISIONS, build_controller_revision(
+                ws, revision, number, owner_reference(ws), workspace_labels(ws)))
+            mine.append({"metadata": {"name": revision_name(ws, revision)}, "revision": number})
+        for old in revisions_to_prune(mine):
+            await self._delete(CONTROLLER_REVISIONS, old, namespace)
+        await self._patch_workspace(obj, {"metadata": {
+            "annotations": {REVISION_ANNOTATION: revision},
+            "resourceVersion": ws.metadata.resource_version}})
+
+    async def _ensure_job(
+        self, ws: Workspace, obj: KubeObject, preset: Any, sku: Any, revision: str, *,
+        may_create: bool,
+    ) -> KubeObject | None:
+        assert ws.tuning is not None
+        namespace = ws.metadata.namespace or "default"
+        name = ws.metadata.name or ""
+        current = self._informers.jobs.cache.get(f"{namespace}/{name}")
+        if current is not None and _annotation(current, REVISION_ANNOTATION) != revision:
+            # Input, output or config changed: a Job's pod template is immutable, so the
+            # old Job goes and a new one is made on a later pass.
+            if not (current.get("metadata") or {}).get("deletionTimestamp"):
+                await self._delete(JOBS, name, namespace)
+                await self._recorder.record(obj, NORMAL, "TuningJobReplaced",
+                                            "the tuning spec changed: the Job is re-run",
+                                            action="Tune")
+            return None
+        if current is not None or not may_create:
+            return current
+        config_name = ws.tuning.config
+        if not config_name:
+            method = ws.tuning.method or "lora"
+            config_map = tuning_builders.build_default_tuning_config(ws, preset, method, namespace)
+            config_name = str(config_map["metadata"]["name"])
+            await self._ensure(CONFIGMAPS, config_map, self._informers.configmaps)
+        job = tuning_builders.build_tuning_job(
+            ws, preset, sku, settings=self._settings.workload, revision=revision,
+            config_map_name=config_name)
+        created = await self._create(JOBS, with_hash(job))
+        await self._recorder.record(obj, NORMAL, "TuningJobCreated",
+                                    f"Job {name} created", action="Tune")
+        return created
+
+    async def _ensure_inference(
+        self, ws: Workspace, preset: Any, sku: Any, revision: str, node_count: int,
+        adapters: list[Any],
+    ) -> KubeObject | None:
+        await self._ensure(SERVICES, inference_builders.build_service(ws),
+                           self._informers.services)
+        if node_count > 1:
+            await self._ensure(SERVICES, inference_builders.build_headless_service(ws),
+                               self._informers.services)
+        workload = inference_builders.build_inference_workload(
+            ws, preset, sku, settings=self._settings.workload, revision=revision,
+            node_count=node_count, adapters=adapters)
+        resource, informer = (DEPLOYMENTS, self._informers.deployments) if (
+            workload["kind"] == "Deployment") else (STATEFULSETS, self._informers.statefulsets)
+        return await self._ensure(resource, workload, informer)
+
+    def _existing_workload(self, namespace: str, name: str) -> KubeObject | None:
+        key = f"{namespace}/{name}"
+        return (self._informers.deployments.cache.get(key)
+                or self._informers.statefulsets.cache.get(key))
+
+    def _pods(self, namespace: str, labels: Mapping[str, str]) -> list[KubeObject]:
+        return self._informers.pods.cache.objects(namespace, labels=dict(labels))
+
+    async def _ensure(
+        self, resource: ResourceType, desired: KubeObject, informer: Informer
+    ) -> KubeObject:
+        """Create ``desired`` or update what exists when its desired hash differs."""
+        desired = with_hash(desired)
+        metadata = desired["metadata"]
+        key = f"{metadata.get('namespace')}/{metadata['name']}"
+        current = informer.cache.get(key)
+        if current is None:
+            return await self._create(resource, desired)
+        if _annotation(current, DESIRED_HASH_ANNOTATION) == metadata["annotations"][
+                DESIRED_HASH_ANNOTATION]:
+            return current
+        updated = dict(current)
+        for part in desired:
+            if part not in ("metadata", "status"):
+                updated[part] = desired[part]
+        if resource == SERVICES:  # allocated fields must be kept
+            spec = dict(desired.get("spec") or {})
+            for kept in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                if kept in (current.get("spec") or {}):
+                    spec[kept] = current["spec"][kept]
+            updated["spec"] = spec
+        current_meta = dict(current.get("metadata") or {})
+        current_meta["labels"] = {**(current_meta.get("labels") or {}),
+                                  **(metadata.get("labels") or {})}
+        current_meta["annotations"] = {**(current_meta.get("annotations") or {}),
+                                       **metadata["annotations"]}
+        updated["metadata"] = current_meta
+        self.writes += 1
+        replaced: KubeObject = await self._client.replace(resource, updated)
+        return replaced
+
+    async def _create(self, resource: ResourceType, obj: KubeObject) -> KubeObject:
+        self.writes += 1
+        try:
+            created: KubeObject = await self._client.create(resource, obj)
+            return created
+        except AlreadyExists:
+            metadata = obj["metadata"]
+            existing: KubeObject = await self._client.get(
+                resource, metadata["name"], metadata.get("namespace"))
+            return existing
+
+    async def _delete(self, resource: ResourceType, name: str, namespace: str | None) -> None:
+        self.writes += 1
+        try:
+            await self._client.request(
+                "DELETE", resource.path(namespace, name),
+                body={"apiVersion": "v1", "kind": "DeleteOptions",
+                      "propagationPolicy": "Background"})
+        except NotFound:
+            pass
+
+    async def _patch_workspace(self, obj: KubeObject, patch: dict[str, Any]) -> None:
+        metadata = obj.get("metadata") or {}
+        self.writes += 1
+        await self._client.patch(WORKSPACES, metadata["name"], patch, metadata.get("namespace"))
+
+    # -- status --------------------------------------------------------------------------
+
+    async def _tuning_progress(
+        self, key: str, ws: Workspace, observed: Observed
+    ) -> tuple[dict[str, Any] | None, float | None]:
+        """(status.tuning, requeue_after) — reads the pod at most once per interval."""
+        previous = ws.status.tuning.model_dump(by_alias=True, exclude_none=True, mode="json") if (
+            ws.status and ws.status.tuning) else None
+        if not observed.is_tuning or observed.job is None:
+            return previous, None
+        job_status = observed.job.get("status") or {}
+        if job_status.get("succeeded") or job_status.get("failed") and not job_status.get(
+                "active"):
+            return previous, None
+        interval = self._settings.progress_interval_seconds
+        now = time.monotonic()
+        last = self._last_progress_read.get(key)
+        if last is not None and now - last < interval:
+            return previous, interval - (now - last)
+        self._last_progress_read[key] = now
+        running = [pod for pod in observed.job_pods
+                   if (pod.get("status") or {}).get("phase") == "Running"]
+        if not running:
+            return previous, interval
+        snapshot = await self._progress.read(running[-1])
+        if snapshot is None:
+            return previous, interval
+        fresh = progress_status(snapshot, time.time())
+        return (previous if same_progress(previous, fresh) else fresh), interval
+
+    async def _write_status(
+        self, ws: Workspace, obj: KubeObject, plan: StatusPlan, *, target: int | None,
+        workers: list[str] | None, tuning: dict[str, Any] | None,
+    ) -> bool:
+        """Replace the status when it differs from what is stored; True if written."""
+        current = dict(obj.get("status") or {})
+        conditions = apply_conditions(ws.status.conditions if ws.status else None, plan,
+                                      ws.metadata.generation, _now())
+        status: dict[str, Any] = {
+            "conditions": [c.model_dump(by_alias=True, exclude_none=True, mode="json")
+                           for c in conditions],
+            "state": plan.state,
+        }
+        if target is not None:
+            status["targetNodeCount"] = target
+        if workers:
+            status["workerNodes"] = workers
+        if tuning:
+            status["tuning"] = tuning
+        if status == current:
+            return False
+        body = dict(obj)
+        body["status"] = status
+        self.writes += 1
+        # A Conflict means a newer workspace is on its way: the retry reads it.
+        await self._client.replace_status(WORKSPACES, body)
+        return True
+
+    async def _record_transitions(self, ws: Workspace, obj: KubeObject, plan: StatusPlan) -> None:
+        for condition_type, verdict in plan.conditions.items():
+            event_type = NORMAL if verdict.status == "True" else WARNING
+            if verdict.status == "False" and verdict.reason in (
+                    "TuningInProgress", "JobNotCreated", "JobPending", "NodeClaimNotReady",
+                    "WorkloadNotCreated", "InferenceNotReady"):
+                continue  # waiting is not news
+            await self._recorder.record(obj, event_type, verdict.reason,
+                                        f"{condition_type}: {verdict.message}")
+
+    # -- deletion ------------------------------------------------------------------------
+
+    async def _finalize(self, ws: Workspace, obj: KubeObject) -> Result:
+        if FINALIZER not in (ws.metadata.finalizers or []):
+            return Result()
+        namespace = ws.metadata.namespace or "default"
+        name = ws.metadata.name or ""
+        if (obj.get("status") or {}).get("state") != STATE_DELETING:
+            body = dict(obj)
+            body["status"] = {**(obj.get("status") or {}), "state": STATE_DELETING}
+            self.writes += 1
+            try:
+                await self._client.replace_status(WORKSPACES, body)
+            except (Conflict, NotFound):
+                pass
+        for resource, informer in ((JOBS, self._informers.jobs),
+                                   (DEPLOYMENTS, self._informers.deployments),
+                                   (STATEFULSETS, self._informers.statefulsets)):
+            current = informer.cache.get(f"{namespace}/{name}")
+            if current is not None and not (current.get("metadata") or {}).get(
+                    "deletionTimestamp"):
+                await self._delete(resource, name, namespace)
+        claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
+        for claim in claims:
+            if not (claim.get("metadata") or {}).get("deletionTimestamp"):
+                await self._delete(NODECLAIMS, claim["metadata"]["name"], None)
+        if claims:
+            return Result(requeue_after_seconds=self._settings.deletion_poll_seconds)
+        finalizers = [f for f in ws.metadata.finalizers or [] if f != FINALIZER]
+        await self._recorder.record(obj, NORMAL, "WorkspaceDeleted",
+                                    "workload and node claims removed", action="Delete")
+        try:
+            await self._patch_workspace(obj, {"metadata": {
+                "finalizers": finalizers, "resourceVersion": ws.metadata.resource_version}})
+        except NotFound:
+            pass
+        self._recorder.forget(ws.metadata.uid or "")
+        return Result()

@@ -1,0 +1,108 @@
+"""Wiring the Workspace controller into the manager: its informers, watches and mapping.
+
+Children the controller makes carry the ``kaito.sh/workspace`` label, so every child
+informer is filtered by it and never caches the rest of the cluster; Nodes are watched
+whole (bring-your-own nodes carry no label of ours) and a node change wakes the
+workspaces whose selector it matches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from controller.controller import Controller
+from controller.events import EventRecorder
+from controller.handlers import enqueue_by_labels, enqueue_object
+from controller.kube.resources import (
+    CONFIGMAPS,
+    CONTROLLER_REVISIONS,
+    DEPLOYMENTS,
+    JOBS,
+    NODECLAIMS,
+    NODES,
+    PODS,
+    SERVICES,
+    STATEFULSETS,
+    WORKSPACES,
+)
+from controller.manager import Manager
+from controller.predicates import Event
+from controller.reconcile import Request
+from controller.workspace.nodes import selector_matches
+from controller.workspace.reconciler import Informers, WorkspaceReconciler, WorkspaceSettings
+from crds.karpenter import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
+from crds.meta import LabelSelector
+from presets.catalog import Catalog, load_catalog
+
+CONTROLLER_NAME = "workspace"
+REPORTING_CONTROLLER = "kaito.sh/workspace-controller"
+
+
+def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("labels") or {}
+
+
+def enqueue_labelled_workspace(event: Event) -> list[Request]:
+    """A namespaced child: the workspace named by its label, in the child's namespace."""
+    requests: list[Request] = []
+    for obj in (event.obj, event.old):
+        name = _labels(obj).get(WORKSPACE_LABEL)
+        namespace = ((obj or {}).get("metadata") or {}).get("namespace")
+        if name and namespace:
+            request = Request(name=str(name), namespace=str(namespace))
+            if request not in requests:
+                requests.append(request)
+    return requests
+
+
+def setup_workspace_controller(
+    manager: Manager,
+    *,
+    identity: str,
+    workers: int,
+    namespace: str | None = None,
+    settings: WorkspaceSettings | None = None,
+    catalog: Catalog | None = None,
+) -> tuple[Controller, WorkspaceReconciler]:
+    """Create the informers and the controller, register them, return both."""
+    selector = WORKSPACE_LABEL  # "has the label"
+    informers = Informers(
+        workspaces=manager.informer(WORKSPACES, namespace),
+        nodes=manager.informer(NODES),
+        claims=manager.informer(NODECLAIMS, label_selector=selector),
+        jobs=manager.informer(JOBS, namespace, selector),
+        deployments=manager.informer(DEPLOYMENTS, namespace, selector),
+        statefulsets=manager.informer(STATEFULSETS, namespace, selector),
+        services=manager.informer(SERVICES, namespace, selector),
+        pods=manager.informer(PODS, namespace, selector),
+        configmaps=manager.informer(CONFIGMAPS, namespace, selector),
+        revisions=manager.informer(CONTROLLER_REVISIONS, namespace, selector),
+    )
+    reconciler = WorkspaceReconciler(
+        manager.client, informers, catalog or load_catalog(),
+        EventRecorder(manager.client, REPORTING_CONTROLLER, identity), settings)
+    controller = Controller(CONTROLLER_NAME, reconciler, workers=workers,
+                            metrics=manager.metrics)
+    controller.watch(informers.workspaces, enqueue_object)
+    controller.watch(informers.claims, enqueue_by_labels(WORKSPACE_LABEL,
+                                                         WORKSPACE_NAMESPACE_LABEL))
+    for child in (informers.jobs, informers.deployments, informers.statefulsets,
+                  informers.services, informers.pods):
+        controller.watch(child, enqueue_labelled_workspace)
+
+    def workspaces_for_node(event: Event) -> list[Request]:
+        labels_now, labels_before = _labels(event.obj), _labels(event.old)
+        found: list[Request] = []
+        for ws in informers.workspaces.cache.objects():
+            raw = ((ws.get("resource") or {}).get("labelSelector")) or {}
+            selector_model = LabelSelector.model_validate(raw)
+            if selector_matches(selector_model, labels_now) or (
+                    event.old is not None and selector_matches(selector_model, labels_before)):
+                metadata = ws["metadata"]
+                found.append(Request(name=metadata["name"], namespace=metadata["namespace"]))
+        return found
+
+    controller.watch(informers.nodes, workspaces_for_node)
+    manager.add_controller(controller)
+    return controller, reconciler

@@ -1,0 +1,303 @@
+"""The Workspace controller end to end on the kwok cluster: `kubectl apply` of the seed's
+Workspace, unchanged, to a served adapter.
+
+The controller runs as `python -m controller` (the production entry point). No node
+provisioner runs here (that is its own component), so the test plays one: for each
+NodeClaim it adds a kwok GPU node with the claim's labels and taint and records the node
+on the claim. kwok runs no containers: its stages complete a Job's pod on their own (the success
+path); for the failure path the test's node is one kwok does not manage, and the test
+plays its kubelet, ending the tuning pod with a termination message through the pod
+status subresource.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kaito.devcluster import LocalCluster
+from kaito.devcluster.process import free_port
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = """
+apiVersion: kaito.sh/v1alpha1
+kind: Workspace
+metadata:
+  name: workspace-tuning-phi-3
+resource:
+  instanceType: "Standard_NC6s_v3"
+  labelSelector:
+    matchLabels:
+      app: tuning-phi-3
+tuning:
+  preset:
+    name: phi-3-mini-128k-instruct
+  method: qlora
+  input:
+    urls:
+      - "https://huggingface.co/datasets/philschmid/dolly-15k-oai-style/resolve/main/data/train-00000-of-00001-54e3756291ca09c6.parquet?download=true"
+  output:
+    image: "ACR_REPO_HERE.azurecr.io/IMAGE_NAME_HERE:0.0.1" # Tuning Output ACR Path
+    imagePushSecret: ACR_REGISTRY_SECRET_HERE
+"""
+GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
+
+
+def _get(cluster: LocalCluster, *args: str) -> Any:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _condition(ws: dict[str, Any] | None, condition_type: str) -> dict[str, Any] | None:
+    for condition in ((ws or {}).get("status") or {}).get("conditions") or []:
+        if condition["type"] == condition_type:
+            return dict(condition)
+    return None
+
+
+def _is_true(ws: dict[str, Any] | None, condition_type: str) -> bool:
+    condition = _condition(ws, condition_type)
+    return condition is not None and condition["status"] == "True"
+
+
+class FakeProvisioner:
+    """Turns each unfulfilled NodeClaim into a Ready kwok GPU node."""
+
+    def __init__(self, cluster: LocalCluster, *, kwok_managed: bool = True) -> None:
+        self.cluster = cluster
+        self.kwok_managed = kwok_managed
+        self.made: dict[str, str] = {}
+
+    def step(self) -> None:
+        claims = (_get(self.cluster, "nodeclaims") or {"items": []})["items"]
+        for claim in claims:
+            name = claim["metadata"]["name"]
+            if name in self.made or claim["metadata"].get("deletionTimestamp"):
+                continue
+            node = f"node-{name}"
+            instance = claim["spec"]["requirements"][0]["values"][0]
+            labels = {k: v for k, v in claim["metadata"]["labels"].items()}
+            if self.kwok_managed:
+                self.cluster.create_gpu_node(node, gpus=1, instance_type=instance,
+                                             labels=labels, taints=[GPU_TAINT])
+            else:
+                unmanaged_node(self.cluster, node, instance, labels)
+            patch = {"status": {"nodeName": node, "providerID": f"kwok://{node}"}}
+            self.cluster.kubectl("patch", "nodeclaim", name, "--subresource=status",
+                                 "--type=merge", "-p", json.dumps(patch))
+            self.made[name] = node
+
+
+def unmanaged_node(cluster: LocalCluster, name: str, instance: str, labels: dict[str, str]
+                   ) -> None:
+    """A Ready GPU node no kubelet or kwok runs: the test decides what its pods do."""
+    resources = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": "1"}
+    node = {"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {
+                **labels, "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "node.kubernetes.io/instance-type": instance}},
+            "spec": {"taints": [GPU_TAINT]}}
+    cluster.kubectl("create", "-f", "-", input=json.dumps(node))
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {"status": {"capacity": resources, "allocatable": resources, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test",
+        "lastHeartbeatTime": now, "lastTransitionTime": now}]}}
+    cluster.kubectl("patch", "node", name, "--subresource=status", "--type=merge",
+                    "-p", json.dumps(status))
+
+
+def wait_for(what: str, check: Callable[[], Any], *, timeout: float = 120,
+             tick: Callable[[], None] | None = None) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if tick is not None:
+            tick()
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def finish_pod(cluster: LocalCluster, namespace: str, pod: str, *, exit_code: int,
+               message: str = "") -> None:
+    """Play the kubelet: end the pod's container with ``exit_code`` and ``message``."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    current = _get(cluster, "pod", pod, "-n", namespace)
+    container = current["spec"]["containers"][0]["name"]
+    terminated = {"exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
+                  "message": message, "startedAt": now, "finishedAt": now}
+    status = {"status": {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}],
+        "containerStatuses": [{"name": container, "ready": False, "restartCount": 0,
+                               "image": current["spec"]["containers"][0]["image"],
+                               "imageID": "", "state": {"terminated": terminated}}],
+    }}
+    cluster.kubectl("patch", "pod", pod, "-n", namespace, "--subresource=status",
+                    "--type=merge", "-p", json.dumps(status))
+
+
+def job_pods(cluster: LocalCluster, namespace: str, job: str) -> list[dict[str, Any]]:
+    found = _get(cluster, "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={job}")
+    return list((found or {"items": []})["items"])
+
+
+@pytest.fixture(scope="module")
+def controller(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+               ) -> Iterator[subprocess.Popen[bytes]]:
+    cluster.kubectl("apply", "-f", str(REPO / "config" / "crd" / "bases"))
+    log_path = tmp_path_factory.mktemp("controller") / "controller.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO),
+           "KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2",
+           # One failed pod fails the Job, so the failure test need not outlast retries.
+           "KAITO_WORKSPACE__TUNING_BACKOFF_LIMIT": "0"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "controller", "--kubeconfig", str(cluster.kubeconfig),
+             "--no-leader-elect", "--port", str(free_port()), "--bind-host", "127.0.0.1",
+             "--workers", "4", "--log-format", "text"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        print(log_path.read_text()[-5000:])
+
+
+def test_seed_workspace_tunes_then_serves_its_adapter(
+    cluster: LocalCluster, cluster_namespace: str, controller: subprocess.Popen[bytes]
+) -> None:
+    namespace, name = cluster_namespace, "workspace-tuning-phi-3"
+    provisioner = FakeProvisioner(cluster)
+    started = time.monotonic()
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=SEED)
+    timings: dict[str, float] = {}
+
+    def workspace() -> dict[str, Any] | None:
+        return _get(cluster, "workspace", name, "-n", namespace)  # type: ignore[no-any-return]
+
+    def reached(condition: str) -> bool:
+        if _is_true(workspace(), condition):
+            timings.setdefault(condition, round(time.monotonic() - started, 1))
+            return True
+        return False
+
+    wait_for("ResourceReady", lambda: reached("ResourceReady"), tick=provisioner.step)
+    claims = _get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"]
+    assert len(claims) == 1
+    claim = claims[0]
+    assert claim["metadata"]["labels"]["app"] == "tuning-phi-3"
+    assert claim["metadata"]["labels"]["karpenter.sh/nodepool"] == "kaito"
+    assert {"key": "node.kubernetes.io/instance-type", "operator": "In",
+            "values": ["Standard_NC6s_v3"]} in claim["spec"]["requirements"]
+    assert GPU_TAINT in claim["spec"]["taints"]
+    node = provisioner.made[claim["metadata"]["name"]]
+    assert workspace()["status"]["workerNodes"] == [node]  # type: ignore[index]
+
+    wait_for("JobStarted", lambda: reached("JobStarted"))
+    pods = job_pods(cluster, namespace, name)
+    assert pods and pods[0]["spec"]["nodeName"] == node
+    # kwok's stages complete the Job's pod, as a finished tuning run would.
+    wait_for("WorkspaceSucceeded", lambda: reached("WorkspaceSucceeded"))
+
+    service = wait_for("the Service", lambda: _get(cluster, "service", name, "-n", namespace))
+    ports = {(p["port"], p.get("targetPort")) for p in service["spec"]["ports"]}
+    assert {port for port, _ in ports} == {80, 29500}
+    deployment = wait_for("the serving Deployment",
+                          lambda: _get(cluster, "deployment", name, "-n", namespace))
+    args = " ".join(deployment["spec"]["template"]["spec"]["containers"][0].get("args", []))
+    assert name in args  # the tuned adapter is served
+    wait_for("WorkspaceReady", lambda: reached("WorkspaceReady"), timeout=180)
+    assert _is_true(workspace(), "InferenceReady")
+
+    table = cluster.kubectl("get", "workspace", name, "-n", namespace).stdout
+    header = table.splitlines()[0].split()
+    assert header[:5] == ["NAME", "INSTANCE", "RESOURCEREADY", "INFERENCEREADY",
+                          "WORKSPACEREADY"]
+    assert table.splitlines()[1].split()[1:5] == ["Standard_NC6s_v3", "True", "True", "True"]
+    print("seconds from apply to each condition:", json.dumps(timings))
+
+    # Deleting the workspace deletes its claim (and, with a provisioner, its node).
+    cluster.kubectl("delete", "workspace", name, "-n", namespace, "--wait=false")
+    wait_for("the claim deleted", lambda: not _get(
+        cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"])
+    wait_for("the workspace gone", lambda: workspace() is None)
+
+
+def test_failed_tuning_shows_the_termination_message(
+    cluster: LocalCluster, cluster_namespace: str, controller: subprocess.Popen[bytes]
+) -> None:
+    namespace, name = cluster_namespace, "tuning-bad-data"
+    document = yaml.safe_load(SEED)
+    document["metadata"]["name"] = name
+    document["resource"]["labelSelector"]["matchLabels"]["app"] = name
+    provisioner = FakeProvisioner(cluster, kwok_managed=False)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    message = "train.parquet row 13 column 'response': empty value"
+
+    def fail_running_pods() -> bool:
+        provisioner.step()
+        job = _get(cluster, "job", name, "-n", namespace)
+        if job and any(c["type"] == "Failed" and c["status"] == "True"
+                       for c in (job.get("status") or {}).get("conditions") or []):
+            return True
+        for pod in job_pods(cluster, namespace, name):
+            if pod["status"].get("phase") in ("Running", "Pending") and pod["spec"].get(
+                    "nodeName"):
+                finish_pod(cluster, namespace, pod["metadata"]["name"], exit_code=2,
+                           message=message)
+        return False
+
+    wait_for("the Job to fail", fail_running_pods, timeout=240)
+
+    def failed_condition() -> dict[str, Any] | None:
+        ws = _get(cluster, "workspace", name, "-n", namespace)
+        condition = _condition(ws, "WorkspaceSucceeded")
+        return condition if condition and condition["status"] == "False" and (
+            condition["reason"] == "TuningJobFailed") else None
+
+    condition = wait_for("WorkspaceSucceeded=False", failed_condition)
+    assert message in condition["message"]
+    ws = _get(cluster, "workspace", name, "-n", namespace)
+    assert ws["status"]["state"] == "Failed"
+    events = _get(cluster, "events.events.k8s.io", "-n", namespace,
+                  "--field-selector", f"regarding.name={name}")["items"]
+    assert any(e["reason"] == "TuningJobFailed" and message in e["note"] for e in events)
+
+
+def test_inference_workspace_and_bring_your_own_nodes(
+    cluster: LocalCluster, cluster_namespace: str, controller: subprocess.Popen[bytes]
+) -> None:
+    namespace, name = cluster_namespace, "phi-3-byo"
+    cluster.create_gpu_node(f"byo-{namespace}", gpus=1, taints=[GPU_TAINT],
+                            labels={"app": name})
+    document = {
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace",
+        "metadata": {"name": name},
+        "resource": {"instanceType": "Standard_NC6s_v3", "count": 1,
+                     "labelSelector": {"matchLabels": {"app": name}}},
+        "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    wait_for("InferenceReady", lambda: _is_true(
+        _get(cluster, "workspace", name, "-n", namespace), "InferenceReady"), timeout=180)
+    ws = _get(cluster, "workspace", name, "-n", namespace)
+    assert ws["status"]["workerNodes"] == [f"byo-{namespace}"]
+    assert _is_true(ws, "WorkspaceReady") and ws["status"]["state"] == "Ready"
+    assert not _get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"]
+    revisions = _get(cluster, "controllerrevisions", "-n", namespace,
+                     "-l", f"kaito.sh/workspace={name}")["items"]
+    assert len(revisions) == 1

@@ -1,0 +1,193 @@
+"""The Workspace controller's pure planners: nodes and claims, conditions and state,
+revisions, progress in status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controller.workspace.nodes import claim_name, plan_nodes
+from controller.workspace.progress import progress_status, same_progress
+from controller.workspace.reconciler import desired_hash, with_hash
+from controller.workspace.revision import revision_hash
+from controller.workspace.status import Observed, apply_conditions, plan_status
+from crds.workspace import Workspace
+
+pytestmark = pytest.mark.unit
+
+
+def workspace(name: str = "ws1", namespace: str = "team", **extra: Any) -> Workspace:
+    body: dict[str, Any] = {
+        "metadata": {"name": name, "namespace": namespace, "uid": "u-1", "generation": 1},
+        "resource": {"instanceType": "Standard_NC6s_v3",
+                     "labelSelector": {"matchLabels": {"app": name}}},
+        "tuning": {"preset": {"name": "phi-3-mini-128k-instruct"}, "method": "qlora",
+                   "input": {"urls": ["https://example.com/d.parquet"]},
+                   "output": {"image": "r.example/a:1", "imagePushSecret": "s"}},
+    }
+    body.update(extra)
+    return Workspace.model_validate(body)
+
+
+def node(name: str, labels: dict[str, str], *, ready: bool = True, gpus: int = 1
+         ) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "conditions": [{"type": "Ready", "status": str(ready)}]}}
+
+
+def claim(name: str, *, node_name: str | None = None, failed: str | None = None
+          ) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if node_name:
+        status["nodeName"] = node_name
+    if failed:
+        status["conditions"] = [{"type": "Launched", "status": "False", "reason": failed,
+                                 "message": "no capacity"}]
+    return {"metadata": {"name": name}, "status": status}
+
+
+def test_claim_names_are_stable_and_distinct_across_namespaces() -> None:
+    assert claim_name(workspace(), 0) == claim_name(workspace(), 0)
+    assert claim_name(workspace(), 0) != claim_name(workspace(namespace="other"), 0)
+    assert len(claim_name(workspace("x" * 63), 9)) <= 63
+
+
+def test_no_nodes_makes_one_claim_with_the_sku_taint_and_labels() -> None:
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[], claims=[])
+    assert not plan.is_ready and len(plan.claims_to_create) == 1
+    made = plan.claims_to_create[0]
+    assert made["metadata"]["labels"] == {
+        "app": "ws1", "kaito.sh/workspace": "ws1", "kaito.sh/workspacenamespace": "team",
+        "karpenter.sh/nodepool": "kaito"}
+    assert made["spec"]["requirements"][0] == {
+        "key": "node.kubernetes.io/instance-type", "operator": "In",
+        "values": ["Standard_NC6s_v3"]}
+    assert made["spec"]["taints"] == [{"key": "sku", "value": "gpu", "effect": "NoSchedule"}]
+
+
+def test_bring_your_own_nodes_need_no_claim() -> None:
+    nodes = [node("mine", {"app": "ws1"}), node("other", {"app": "x"}),
+             node("sick", {"app": "ws1"}, ready=False), node("cpu", {"app": "ws1"}, gpus=0)]
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=nodes, claims=[])
+    assert plan.is_ready and plan.worker_nodes == ["mine"] and not plan.claims_to_create
+
+
+def test_a_pending_claim_is_not_duplicated_and_a_ready_one_counts() -> None:
+    name = claim_name(workspace(), 0)
+    pending = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                         nodes=[], claims=[claim(name)])
+    assert not pending.claims_to_create and pending.pending_claims == [name]
+    ready = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                       nodes=[node("n0", {"app": "ws1"})], claims=[claim(name, node_name="n0")])
+    assert ready.is_ready and not ready.claims_to_create and not ready.pending_claims
+
+
+def test_a_failed_claim_is_deleted_and_replaced_under_another_name() -> None:
+    name = claim_name(workspace(), 0)
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[], claims=[claim(name, failed="QuotaExceeded")])
+    assert plan.claims_to_delete == [name]
+    assert [c["metadata"]["name"] for c in plan.claims_to_create] == [claim_name(workspace(), 1)]
+    verdict = plan_status(Observed(nodes=plan, is_tuning=True)).conditions["ResourceReady"]
+    assert verdict.reason == "NodeClaimFailed" and "QuotaExceeded: no capacity" in verdict.message
+
+
+def test_provisioning_off_waits_for_nodes_with_a_hint() -> None:
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[], claims=[], can_provision=False)
+    assert not plan.claims_to_create
+    verdict = plan_status(Observed(nodes=plan, is_tuning=True)).conditions["ResourceReady"]
+    assert verdict.reason == "NodesNotFound" and "resource.labelSelector" in verdict.message
+
+
+def _ready_plan() -> Any:
+    return plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[node("n0", {"app": "ws1"})], claims=[])
+
+
+def test_tuning_states_from_pending_to_ready() -> None:
+    job: dict[str, Any] = {"status": {"active": 1}}
+    pod = {"spec": {"nodeName": "n0"}, "status": {"phase": "Running"}}
+    running = plan_status(Observed(nodes=_ready_plan(), is_tuning=True, job=job,
+                                   job_pods=[pod]))
+    assert running.state == "Running"
+    assert running.conditions["JobStarted"].status == "True"
+    assert running.conditions["WorkspaceSucceeded"].status == "False"
+    done = {"status": {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}}
+    serving = {"kind": "Deployment", "metadata": {"name": "ws1"}, "spec": {"replicas": 1},
+               "status": {"readyReplicas": 1}}
+    ready = plan_status(Observed(nodes=_ready_plan(), is_tuning=True, job=done,
+                                 workload=serving))
+    assert ready.state == "Ready"
+    assert all(v.status == "True" for v in ready.conditions.values())
+    opted_out = plan_status(Observed(nodes=_ready_plan(), is_tuning=True, job=done,
+                                     serves_after_tuning=False))
+    assert opted_out.state == "Succeeded"
+    assert opted_out.conditions["WorkspaceReady"].status == "True"
+
+
+@pytest.mark.parametrize(
+    ("container", "expected"),
+    [
+        ({"state": {"terminated": {"exitCode": 2, "reason": "Error",
+                                   "message": "data.csv row 3: empty value"}}},
+         "container tuner Error: data.csv row 3: empty value"),
+        ({"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
+         "container tuner OOMKilled (exit code 137)"),
+        ({"state": {"waiting": {"reason": "ImagePullBackOff",
+                                "message": "Back-off pulling image \"r/x:1\""}}},
+         "container tuner ImagePullBackOff: Back-off pulling image \"r/x:1\""),
+    ],
+)
+def test_failed_tuning_says_why(container: dict[str, Any], expected: str) -> None:
+    pod = {"spec": {"nodeName": "n0"},
+           "status": {"phase": "Failed", "containerStatuses": [{"name": "tuner", **container}]}}
+    job = {"status": {"failed": 3, "conditions": [{"type": "Failed", "status": "True",
+                                                   "message": "BackoffLimitExceeded"}]}}
+    plan = plan_status(Observed(nodes=_ready_plan(), is_tuning=True, job=job, job_pods=[pod]))
+    assert plan.state == "Failed"
+    assert plan.conditions["WorkspaceSucceeded"].message == expected
+    assert plan.conditions["WorkspaceReady"].reason == "TuningJobFailed"
+
+
+def test_unchanged_plan_gives_identical_conditions() -> None:
+    plan = plan_status(Observed(nodes=_ready_plan(), is_tuning=True))
+    first = apply_conditions(None, plan, 1, "2026-01-01T00:00:00Z")
+    again = apply_conditions(first, plan, 1, "2026-01-01T00:05:00Z")
+    assert first == again
+
+
+def test_revision_covers_the_spec_only() -> None:
+    base = workspace()
+    assert revision_hash(base) == revision_hash(workspace(status={"state": "Running"}))
+    changed = workspace(tuning={"preset": {"name": "phi-3-mini-128k-instruct"},
+                                "method": "lora"})
+    assert revision_hash(base) != revision_hash(changed)
+
+
+def test_desired_hash_ignores_key_order_and_is_recorded() -> None:
+    one = {"metadata": {"name": "a"}, "spec": {"x": 1, "y": 2}}
+    two = {"spec": {"y": 2, "x": 1}, "metadata": {"name": "a"}}
+    assert desired_hash(one) == desired_hash(two)
+    marked = with_hash(dict(one))
+    assert marked["metadata"]["annotations"]["workspace.kaito.sh/desired-hash"] == \
+        desired_hash(one)
+
+
+def test_progress_status_rounds_and_ignores_the_clock() -> None:
+    snapshot = {"phase": "training", "step": 120, "total_steps": 600, "loss": 1.23456,
+                "tokens_per_second": 812.7, "eta_seconds": 95.2,
+                "precision": {"dtype": "bfloat16"},
+                "evaluation": {"before": {"loss": 2.5, "perplexity": 12.18}}}
+    first = progress_status(snapshot, 1000.0)
+    assert first == {"phase": "training", "step": 120, "totalSteps": 600,
+                     "progress": "120/600", "loss": "1.235", "tokensPerSecond": "813",
+                     "etaSeconds": 95, "dtype": "bfloat16",
+                     "evaluationBefore": {"loss": 2.5, "perplexity": 12.18},
+                     "updatedAt": "1970-01-01T00:16:40Z"}
+    assert same_progress(first, progress_status(snapshot, 2000.0))
+    assert not same_progress(first, progress_status({**snapshot, "step": 121}, 2000.0))
