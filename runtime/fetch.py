@@ -78,6 +78,8 @@ class FetchOptions:
     retries: int = 4
     backoff_seconds: float = 1.0
     timeout_seconds: float = 30.0
+    ca_file: str | None = None
+    """PEM bundle of CAs to trust instead of the public ones (an in-cluster server)."""
 
 
 @dataclass
@@ -179,9 +181,12 @@ def _host_header(parts: SplitResult) -> str:
     return host
 
 
-def _pool(parts: SplitResult, address: Address, timeout: float) -> urllib3.HTTPConnectionPool:
+def _pool(
+    parts: SplitResult, address: Address, options: FetchOptions
+) -> urllib3.HTTPConnectionPool:
     """A pool connecting to the checked ``address`` while speaking to the URL's host."""
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    timeout = options.timeout_seconds
     timeouts = urllib3.Timeout(connect=min(timeout, 15.0), read=timeout)
     if parts.scheme == "http":
         return urllib3.HTTPConnectionPool(str(address), port, timeout=timeouts, retries=False)
@@ -192,7 +197,7 @@ def _pool(parts: SplitResult, address: Address, timeout: float) -> urllib3.HTTPC
         timeout=timeouts,
         retries=False,
         cert_reqs="CERT_REQUIRED",
-        ca_certs=_ca_bundle(),
+        ca_certs=options.ca_file or _ca_bundle(),
         server_hostname=hostname,  # SNI
         assert_hostname=hostname,  # the certificate must name the host, not the address
     )
@@ -226,7 +231,7 @@ def _connect(
     }
     last_error = ""
     for address in addresses:
-        pool = _pool(parts, address, options.timeout_seconds)
+        pool = _pool(parts, address, options)
         try:
             response = pool.urlopen(
                 "GET", target, headers=headers, redirect=False, retries=False,
@@ -394,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="first retry delay; doubles each time")
     parser.add_argument("--timeout-seconds", type=float, default=30.0,
                         help="connect and read timeout")
+    parser.add_argument("--ca-file", help="PEM file of CAs to trust instead of the public ones")
     parser.add_argument("--termination-log", default=TERMINATION_LOG, help=argparse.SUPPRESS)
     parser.add_argument("urls", nargs="+", metavar="URL")
     return parser
@@ -428,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
             retries=args.retries,
             backoff_seconds=args.backoff_seconds,
             timeout_seconds=args.timeout_seconds,
+            ca_file=args.ca_file,
         )
         result = fetch(args.urls, args.dest, options)
     except RefusedError as err:

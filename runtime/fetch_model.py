@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     except (errors.RepositoryNotFoundError, errors.RevisionNotFoundError):
         message = f"model {args.repo} (revision {args.revision or 'main'}) was not found"
         code = EXIT_REFUSED
-    except (errors.HfHubHTTPError, OSError) as err:
-        message = f"download of {args.repo} failed: {err}"
+    # Network (httpx2), disk and the hub's own errors all mean "try again later".
+    except Exception as err:  # noqa: BLE001
+        message = f"download of {args.repo} failed: {type(err).__name__}: {err}"
         code = EXIT_FAILED
     else:
         return 0

@@ -293,3 +293,92 @@ def test_the_kaito_command_dispatches_to_fetch(server: _Server, tmp_path: Path) 
                  "--termination-log", str(tmp_path / "log"), url(server, "/data/train.csv")])
     assert code == 0
     assert files_in(dest) == ["train.csv"]
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[_Server, Path]]:
+    """The same server over TLS with a certificate for data.kaito.test from a local CA."""
+    import ssl
+
+    from kaito.devcluster.pki import CertificateAuthority
+
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    authority = CertificateAuthority(pki)
+    pair = authority.issue("server", "data.kaito.test", dns_names=("data.kaito.test",),
+                           is_server=True)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pair.cert_path, pair.key_path)
+    httpd = _Server()
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), name="fetch-tls-server",
+                              daemon=True)
+    thread.start()
+    try:
+        yield httpd, authority.cert_path
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+def _resolve_test_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """data.kaito.test and other.kaito.test resolve to 127.0.0.1 (no DNS needed)."""
+    import socket
+
+    real = socket.getaddrinfo
+
+    def fake(host: str, port: int, *args: object, **kwargs: object) -> object:
+        if host.endswith(".kaito.test"):
+            return real("127.0.0.1", port, *args, **kwargs)  # type: ignore[arg-type]
+        return real(host, port, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
+    tls_server: tuple[_Server, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    httpd, ca_file = tls_server
+    _resolve_test_names(monkeypatch)
+    port = httpd.server_address[1]
+    code, dest, _ = run(tmp_path, "--ca-file", str(ca_file),
+                        f"https://data.kaito.test:{port}/data/train.csv")
+    assert code == 0
+    assert (dest / "train.csv").read_bytes() == PAYLOAD
+    assert httpd.hosts == [f"data.kaito.test:{port}"]
+    # The certificate names data.kaito.test only: the same address under another name fails.
+    code, _, log = run(tmp_path, "--retries", "0", "--ca-file", str(ca_file),
+                       f"https://other.kaito.test:{port}/data/train.csv")
+    assert code == fetch.EXIT_FAILED
+    assert "TLS" in log.read_text()
+    # A name resolving to loopback is refused without the allow-list, before any TLS.
+    code, _, log = run(tmp_path, "--ca-file", str(ca_file),
+                       f"https://data.kaito.test:{port}/data/train.csv", allow=False)
+    assert code == fetch.EXIT_REFUSED
+    assert "data.kaito.test resolves to 127.0.0.1" in log.read_text()
+
+
+def test_pull_adapter_refuses_a_reference_without_a_registry(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kaito.cli import main
+
+    assert main(["pull-adapter", "--reference", "adapter-only", "--dest", str(tmp_path)]) == 2
+    assert "no registry host" in capsys.readouterr().err
+
+
+def test_pull_adapter_merges_the_auths_of_every_secret(tmp_path: Path) -> None:
+    import json
+
+    from runtime.adapter_pull import merged_dockerconfig
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps({"auths": {"a.io": {"auth": "eDp5"}}}))
+    second.write_text(json.dumps({"auths": {"a.io": {"auth": "other"}, "b.io": {"auth": "eg=="}}}))
+    merged = json.loads(merged_dockerconfig([first, second]) or "{}")
+    assert merged == {"auths": {"a.io": {"auth": "eDp5"}, "b.io": {"auth": "eg=="}}}
+    assert merged_dockerconfig([]) is None
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="not a .dockerconfigjson"):
+        merged_dockerconfig([tmp_path / "bad.json"])
