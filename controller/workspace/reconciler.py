@@ -215,7 +215,7 @@ class WorkspaceReconciler:
             observed.workload = await self._ensure_inference(
                 ws, preset, sku, revision, target, inference_builders.adapters_for(ws))
         else:
-            observed.workload = self._existing_workload(namespace, name)
+            observed.workload = self._existing_workload(ws)
         if observed.workload is not None:
             observed.workload_pods = self._pods(namespace, {
                 **workspace_labels(ws), "app.kubernetes.io/component": "inference"})
@@ -298,10 +298,12 @@ class WorkspaceReconciler:
             workload["kind"] == "Deployment") else (STATEFULSETS, self._informers.statefulsets)
         return await self._ensure(resource, workload, informer)
 
-    def _existing_workload(self, namespace: str, name: str) -> KubeObject | None:
-        key = f"{namespace}/{name}"
-        return (self._informers.deployments.cache.get(key)
-                or self._informers.statefulsets.cache.get(key))
+    def _existing_workload(self, ws: Workspace) -> KubeObject | None:
+        namespace = ws.metadata.namespace or "default"
+        deployment = inference_builders.workload_name(ws, 1)
+        statefulset = inference_builders.workload_name(ws, 2)
+        return (self._informers.deployments.cache.get(f"{namespace}/{deployment}")
+                or self._informers.statefulsets.cache.get(f"{namespace}/{statefulset}"))
 
     def _pods(self, namespace: str, labels: Mapping[str, str]) -> list[KubeObject]:
         return self._informers.pods.cache.objects(namespace, labels=dict(labels))
@@ -448,13 +450,16 @@ class WorkspaceReconciler:
                 await self._client.replace_status(WORKSPACES, body)
             except (Conflict, NotFound):
                 pass
-        for resource, informer in ((JOBS, self._informers.jobs),
-                                   (DEPLOYMENTS, self._informers.deployments),
-                                   (STATEFULSETS, self._informers.statefulsets)):
-            current = informer.cache.get(f"{namespace}/{name}")
+        for resource, informer, child in (
+                (JOBS, self._informers.jobs, name),
+                (DEPLOYMENTS, self._informers.deployments,
+                 inference_builders.workload_name(ws, 1)),
+                (STATEFULSETS, self._informers.statefulsets,
+                 inference_builders.workload_name(ws, 2))):
+            current = informer.cache.get(f"{namespace}/{child}")
             if current is not None and not (current.get("metadata") or {}).get(
                     "deletionTimestamp"):
-                await self._delete(resource, name, namespace)
+                await self._delete(resource, child, namespace)
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
         for claim in claims:
             if not (claim.get("metadata") or {}).get("deletionTimestamp"):
