@@ -39,6 +39,7 @@ from controller.kube.resources import (
 from controller.reconcile import Request, Result
 from controller.workspace import inference as inference_builders
 from controller.workspace import tuning as tuning_builders
+from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import claim_labels, plan_nodes
 from controller.workspace.progress import ProgressReader, progress_status, same_progress
 from controller.workspace.revision import (
@@ -134,6 +135,7 @@ class WorkspaceReconciler:
         recorder: EventRecorder,
         settings: WorkspaceSettings | None = None,
         progress: ProgressReader | None = None,
+        metrics: WorkspaceMetrics | None = None,
     ) -> None:
         self._client = client
         self._informers = informers
@@ -142,6 +144,7 @@ class WorkspaceReconciler:
         self._settings = settings or WorkspaceSettings()
         self._progress = progress or ProgressReader(self._settings.workload.progress_port)
         self._last_progress_read: dict[str, float] = {}
+        self._metrics = metrics
         self.writes = 0  # API writes made, for tests and the benchmark
 
     async def close(self) -> None:
@@ -423,6 +426,9 @@ class WorkspaceReconciler:
         self.writes += 1
         # A Conflict means a newer workspace is on its way: the retry reads it.
         await self._client.replace_status(WORKSPACES, body)
+        if self._metrics is not None:
+            self._metrics.observe_transitions(obj, current.get("conditions") or [],
+                                              status["conditions"])
         return True
 
     async def _record_transitions(self, ws: Workspace, obj: KubeObject, plan: StatusPlan) -> None:

@@ -29,6 +29,7 @@ from controller.kube.resources import (
 from controller.manager import Manager
 from controller.predicates import Event
 from controller.reconcile import Request
+from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import selector_matches
 from controller.workspace.reconciler import Informers, WorkspaceReconciler, WorkspaceSettings
 from crds.karpenter import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
@@ -79,9 +80,11 @@ def setup_workspace_controller(
         configmaps=manager.informer(CONFIGMAPS, namespace, selector),
         revisions=manager.informer(CONTROLLER_REVISIONS, namespace, selector),
     )
+    metrics = WorkspaceMetrics(manager.metrics.registry, informers.workspaces.cache.objects)
     reconciler = WorkspaceReconciler(
         manager.client, informers, catalog or load_catalog(),
-        EventRecorder(manager.client, REPORTING_CONTROLLER, identity), settings)
+        EventRecorder(manager.client, REPORTING_CONTROLLER, identity), settings,
+        metrics=metrics)
     controller = Controller(CONTROLLER_NAME, reconciler, workers=workers,
                             metrics=manager.metrics)
     controller.watch(informers.workspaces, enqueue_object)

@@ -191,3 +191,38 @@ def test_progress_status_rounds_and_ignores_the_clock() -> None:
                      "updatedAt": "1970-01-01T00:16:40Z"}
     assert same_progress(first, progress_status(snapshot, 2000.0))
     assert not same_progress(first, progress_status({**snapshot, "step": 121}, 2000.0))
+
+
+def test_workspace_metrics_count_states_and_time_conditions() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from controller.workspace.metrics import WorkspaceMetrics
+
+    cached = [
+        {"metadata": {"name": "a", "namespace": "n"}, "tuning": {"preset": {"name": "p"}},
+         "status": {"state": "Running", "tuning": {"step": 3, "totalSteps": 10, "loss": "1.5"}}},
+        {"metadata": {"name": "b", "namespace": "n"}, "inference": {"preset": {"name": "q"}},
+         "status": {"state": "Ready"}},
+        {"metadata": {"name": "c", "namespace": "n"}, "inference": {"preset": {"name": "q"}},
+         "status": {"state": "Ready"}},
+    ]
+    registry = CollectorRegistry()
+    metrics = WorkspaceMetrics(registry, lambda: cached)
+    ws = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "tuning": {"method": "lora"}}
+    metrics.observe_transitions(
+        ws, [{"type": "ResourceReady", "status": "False"}],
+        [{"type": "ResourceReady", "status": "True",
+          "lastTransitionTime": "2026-01-01T00:00:42Z"}])
+    metrics.observe_transitions(  # already True: not observed again
+        ws, [{"type": "ResourceReady", "status": "True"}],
+        [{"type": "ResourceReady", "status": "True",
+          "lastTransitionTime": "2026-01-01T00:09:00Z"}])
+    text = generate_latest(registry).decode()
+    assert 'kaito_workspaces{mode="inference",preset="q",state="Ready"} 2.0' in text
+    assert 'kaito_workspaces{mode="tuning",preset="p",state="Running"} 1.0' in text
+    assert 'kaito_workspace_tuning_step{namespace="n",workspace="a"} 3.0' in text
+    assert 'kaito_workspace_tuning_loss{namespace="n",workspace="a"} 1.5' in text
+    assert ('kaito_workspace_condition_seconds_sum{condition="ResourceReady",mode="tuning"} 42.0'
+            in text)
+    assert ('kaito_workspace_condition_seconds_count{condition="ResourceReady",mode="tuning"} 1.0'
+            in text)
