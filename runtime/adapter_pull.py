@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a mounted .dockerconfigjson file (repeatable)")
     args = parser.parse_args(argv)
 
-    from runtime.fetch import write_termination_message
     from runtime.oci import Reference, RegistryAuthError, RegistryError, pull_adapter
+    from runtime.termination import write_termination_message
 
     try:
         Reference.parse(args.reference)

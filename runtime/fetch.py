@@ -37,6 +37,8 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import urllib3
 
+from runtime.termination import TERMINATION_LOG, write_termination_message
+
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 2
@@ -48,8 +50,6 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0
 CHUNK_BYTES = 1 << 20
-TERMINATION_LOG = "/dev/termination-log"
-_TERMINATION_MESSAGE_LIMIT = 4096
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -373,15 +373,6 @@ def fetch(urls: Sequence[str], dest: Path, options: FetchOptions) -> FetchResult
         result.total_bytes += size
         log.info("file fetched", extra={"url": redact(url), "file": str(target), "bytes": size})
     return result
-
-
-def write_termination_message(message: str, path: str = TERMINATION_LOG) -> None:
-    """Tell ``kubectl describe`` why the container failed, when the file is writable."""
-    try:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(message[:_TERMINATION_MESSAGE_LIMIT])
-    except OSError:
-        pass
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from huggingface_hub import errors
 
-    from runtime.fetch import write_termination_message
+    from runtime.termination import write_termination_message
     from runtime.tuning.__main__ import JsonFormatter
 
     handler = logging.StreamHandler(sys.stderr)

@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.base_model import BaseModelError
     from runtime.oci import RegistryError
     from runtime.progress import ProgressServer, ProgressTracker
+    from runtime.termination import write_termination_message
     from runtime.tuning.config import ConfigError
     from runtime.tuning.data import DataError
     from runtime.tuning.job import PROGRESS_FILE, JobRequest, run_job
@@ -108,16 +109,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ConfigError, DataError, BaseModelError) as err:
         progress.set_phase("failed", str(err))
+        write_termination_message(f"invalid input, nothing trained: {err}\n")
         log.error("invalid input, nothing trained", extra={"error": str(err)})
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RegistryError as err:
         progress.set_phase("failed", str(err))
+        write_termination_message(f"push failed: {err}\n")
         log.error("push failed", extra={"error": str(err)})
         print(f"error: {err}", file=sys.stderr)
         return EXIT_PUSH_FAILED
     except BaseException as err:
         progress.set_phase("failed", f"{type(err).__name__}: {err}")
+        if not isinstance(err, KeyboardInterrupt | SystemExit):
+            write_termination_message(f"tuning failed: {type(err).__name__}: {err}\n")
         raise
     finally:
         if server is not None:

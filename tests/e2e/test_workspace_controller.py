@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -154,31 +157,73 @@ def job_pods(cluster: LocalCluster, namespace: str, job: str) -> list[dict[str, 
     return list((found or {"items": []})["items"])
 
 
+WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+
+class ControllerProcess:
+    """`python -m controller` against the e2e cluster; restartable, killable, scrapable."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
+        self.cluster, self.log_path = cluster, log_path
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO),
+               "KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2",
+               # One failed pod fails the Job, so the failure test need not outlast retries.
+               "KAITO_WORKSPACE__TUNING_BACKOFF_LIMIT": "0"}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "controller", "--kubeconfig",
+                 str(self.cluster.kubeconfig), "--no-leader-elect", "--port", str(self.port),
+                 "--bind-host", "127.0.0.1", "--workers", "4", "--log-format", "text"],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for("the controller's /readyz", self._is_ready, timeout=60)
+
+    def _is_ready(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, (
+            self.log_path.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def api_writes(self) -> int:
+        """POST/PUT/PATCH/DELETE requests this process made (its own counter)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("rest_client_requests_total{") and any(
+                    f'method="{method}"' in line for method in WRITE_METHODS):
+                total += float(line.rsplit(" ", 1)[1])
+        return int(total)
+
+
 @pytest.fixture(scope="module")
 def controller(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
-               ) -> Iterator[subprocess.Popen[bytes]]:
+               ) -> Iterator[ControllerProcess]:
     cluster.kubectl("apply", "-f", str(REPO / "config" / "crd" / "bases"))
-    log_path = tmp_path_factory.mktemp("controller") / "controller.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO),
-           "KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2",
-           # One failed pod fails the Job, so the failure test need not outlast retries.
-           "KAITO_WORKSPACE__TUNING_BACKOFF_LIMIT": "0"}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "controller", "--kubeconfig", str(cluster.kubeconfig),
-             "--no-leader-elect", "--port", str(free_port()), "--bind-host", "127.0.0.1",
-             "--workers", "4", "--log-format", "text"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = ControllerProcess(
+        cluster, tmp_path_factory.mktemp("controller") / "controller.log")
+    process.start()
     try:
         yield process
     finally:
         process.kill()
-        process.wait()
-        print(log_path.read_text()[-5000:])
+        print(process.log_path.read_text()[-5000:])
 
 
 def test_seed_workspace_tunes_then_serves_its_adapter(
-    cluster: LocalCluster, cluster_namespace: str, controller: subprocess.Popen[bytes]
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
 ) -> None:
     namespace, name = cluster_namespace, "workspace-tuning-phi-3"
     provisioner = FakeProvisioner(cluster)
@@ -230,6 +275,18 @@ def test_seed_workspace_tunes_then_serves_its_adapter(
     assert table.splitlines()[1].split()[1:5] == ["Standard_NC6s_v3", "True", "True", "True"]
     print("seconds from apply to each condition:", json.dumps(timings))
 
+    # Nothing new, nothing written: a touch of the workspace (an unrelated annotation)
+    # and a restarted controller (a full relist and resync) make zero API writes.
+    settle(controller)
+    before = controller.api_writes()
+    cluster.kubectl("annotate", "workspace", name, "-n", namespace, "example.com/touch=1")
+    time.sleep(3)
+    assert controller.api_writes() == before
+    controller.kill()
+    controller.start()
+    time.sleep(3)
+    assert controller.api_writes() == 0
+
     # Deleting the workspace deletes its claim (and, with a provisioner, its node).
     cluster.kubectl("delete", "workspace", name, "-n", namespace, "--wait=false")
     wait_for("the claim deleted", lambda: not _get(
@@ -238,7 +295,7 @@ def test_seed_workspace_tunes_then_serves_its_adapter(
 
 
 def test_failed_tuning_shows_the_termination_message(
-    cluster: LocalCluster, cluster_namespace: str, controller: subprocess.Popen[bytes]
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
 ) -> None:
     namespace, name = cluster_namespace, "tuning-bad-data"
     document = yaml.safe_load(SEED)
@@ -278,8 +335,113 @@ def test_failed_tuning_shows_the_termination_message(
     assert any(e["reason"] == "TuningJobFailed" and message in e["note"] for e in events)
 
 
+def settle(controller: ControllerProcess, quiet_seconds: float = 3.0) -> None:
+    """Wait until the controller has made no write for ``quiet_seconds``."""
+    last, since = controller.api_writes(), time.monotonic()
+    deadline = since + 60
+    while time.monotonic() - since < quiet_seconds:
+        assert time.monotonic() < deadline, "the controller never stopped writing"
+        time.sleep(0.5)
+        now = controller.api_writes()
+        if now != last:
+            last, since = now, time.monotonic()
+
+
+def _inference(name: str, app: str, count: int = 1,
+               preset: str = "phi-3-mini-4k-instruct") -> str:
+    return json.dumps({
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
+        "resource": {"instanceType": "Standard_NC6s_v3", "count": count,
+                     "labelSelector": {"matchLabels": {"app": app}}},
+        "inference": {"preset": {"name": preset}},
+    })
+
+
+def _all_ready(cluster: LocalCluster, namespace: str, expected: int) -> bool:
+    items = (_get(cluster, "workspaces", "-n", namespace) or {"items": []})["items"]
+    return len(items) == expected and all(_is_true(ws, "WorkspaceReady") for ws in items)
+
+
+def test_two_node_preset_gets_a_statefulset_and_a_headless_service(
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
+) -> None:
+    namespace, name = cluster_namespace, "two-nodes"
+    for index in range(2):
+        cluster.create_gpu_node(f"pair-{index}-{namespace}", gpus=1, taints=[GPU_TAINT],
+                                labels={"app": f"pair-{namespace}"})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=_inference(name, f"pair-{namespace}", count=2))
+    wait_for("WorkspaceReady", lambda: _all_ready(cluster, namespace, 1), timeout=180)
+    statefulset = _get(cluster, "statefulset", name, "-n", namespace)
+    assert statefulset["spec"]["replicas"] == 2
+    assert statefulset["spec"]["serviceName"] == f"{name}-headless"
+    headless = _get(cluster, "service", f"{name}-headless", "-n", namespace)
+    assert headless["spec"]["clusterIP"] == "None"
+    pods = _get(cluster, "pods", "-n", namespace, "-l", f"kaito.sh/workspace={name}")["items"]
+    assert sorted(p["spec"]["nodeName"] for p in pods) == [
+        f"pair-0-{namespace}", f"pair-1-{namespace}"]
+    ws = _get(cluster, "workspace", name, "-n", namespace)
+    assert ws["status"]["workerNodes"] == [f"pair-0-{namespace}", f"pair-1-{namespace}"]
+
+
+def test_two_hundred_workspaces_converge(
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
+) -> None:
+    namespace, count = cluster_namespace, 200
+    app = f"bulk-{namespace}"
+    for index in range(4):
+        cluster.create_gpu_node(f"bulk-{index}-{namespace}", gpus=64, taints=[GPU_TAINT],
+                                labels={"app": app})
+    settle(controller)
+    writes_before = controller.api_writes()
+    started = time.monotonic()
+    documents = "\n---\n".join(
+        yaml.safe_dump(json.loads(_inference(f"bulk-{i:03d}", app))) for i in range(count))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=documents)
+    wait_for(f"{count} workspaces ready", lambda: _all_ready(cluster, namespace, count),
+             timeout=600)
+    elapsed = time.monotonic() - started
+    settle(controller)
+    per_workspace = (controller.api_writes() - writes_before) / count
+    print(f"{count} workspaces ready in {elapsed:.1f} s; "
+          f"{per_workspace:.2f} API writes per workspace (Events included)")
+    assert per_workspace <= 12
+
+
+def test_killed_controller_converges_without_duplicates(
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
+) -> None:
+    namespace, count, kills = cluster_namespace, 5, 10
+    provisioner = FakeProvisioner(cluster)
+    names = [f"chaos-{i}" for i in range(count)]
+    for name in names:
+        document = yaml.safe_load(SEED)
+        document["metadata"]["name"] = name
+        document["resource"]["labelSelector"]["matchLabels"]["app"] = f"{name}-{namespace}"
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    chance = random.Random(20261130)
+    for _ in range(kills):
+        deadline = time.monotonic() + chance.uniform(0.2, 2.5)
+        while time.monotonic() < deadline:
+            provisioner.step()
+            time.sleep(0.1)
+        controller.kill()
+        provisioner.step()
+        controller.start()
+    wait_for("every workspace ready", lambda: _all_ready(cluster, namespace, count),
+             timeout=300, tick=provisioner.step)
+    for name in names:
+        claims = _get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"]
+        assert len(claims) == 1, [c["metadata"]["name"] for c in claims]
+        jobs = _get(cluster, "jobs", "-n", namespace, "-l", f"kaito.sh/workspace={name}")
+        assert len(jobs["items"]) == 1
+        deployments = _get(cluster, "deployments", "-n", namespace,
+                           "-l", f"kaito.sh/workspace={name}")
+        assert len(deployments["items"]) == 1
+
+
 def test_inference_workspace_and_bring_your_own_nodes(
-    cluster: LocalCluster, cluster_namespace: str, controller: subprocess.Popen[bytes]
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
 ) -> None:
     namespace, name = cluster_namespace, "phi-3-byo"
     cluster.create_gpu_node(f"byo-{namespace}", gpus=1, taints=[GPU_TAINT],

@@ -35,13 +35,20 @@ def _run(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> tup
     return code, capsys.readouterr().err
 
 
-def test_wrong_columns(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_columns(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str],
+                       monkeypatch: pytest.MonkeyPatch) -> None:
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("KAITO_TERMINATION_LOG", str(termination_log))
     (tmp_path / "data").mkdir()
     pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": "a"}]),
                    tmp_path / "data" / "qa.parquet")
     code, err = _run(tmp_path, smollm2_path, capsys)
     assert code == EXIT_BAD_INPUT
     assert "qa.parquet: columns ['answer', 'question'] match no known format" in err
+    # What the Workspace controller shows in the condition and the Event.
+    message = termination_log.read_text()
+    assert message.startswith("invalid input, nothing trained: ")
+    assert "qa.parquet: columns ['answer', 'question'] match no known format" in message
 
 
 def test_empty_file(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
