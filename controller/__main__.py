@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--lease-namespace", help="namespace of the leader-election Lease")
     parser.add_argument("--lease-name", help="name of the leader-election Lease")
     parser.add_argument("--identity", help="leader-election identity (default host_uuid)")
+    parser.add_argument("--use-machines", action="store_true", default=None,
+                        help="ask for nodes with legacy karpenter.sh/v1alpha5 Machines")
     parser.add_argument("--log-format", choices=["json", "text"])
     parser.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
@@ -66,6 +68,7 @@ def load_settings(argv: list[str] | None) -> ControllerSettings:
         ("workers",): args.workers,
         ("watch_namespace",): args.watch_namespace,
         ("log_format",): args.log_format,
+        ("workspace", "use_machines"): args.use_machines,
         ("log_level",): args.log_level,
     }
     for path, value in overrides.items():
@@ -108,6 +111,7 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
                                       image_pull_policy=options.image_pull_policy,
                                       tuning_backoff_limit=options.tuning_backoff_limit),
             can_provision=options.node_provisioning,
+            use_machines=options.use_machines,
             progress_interval_seconds=options.progress_interval_seconds,
         ),
     )

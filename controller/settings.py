@@ -69,6 +69,7 @@ class WorkspaceControllerSettings(BaseModel):
     runtime_image: str = "kaito-runtime:0.1.0"
     image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
     node_provisioning: bool = True  # create NodeClaims; off = bring-your-own nodes only
+    use_machines: bool = False  # legacy karpenter.sh/v1alpha5 Machines instead of NodeClaims
     progress_interval_seconds: float = Field(default=15.0, gt=0)
     tuning_backoff_limit: int = Field(default=2, ge=0, le=10)
 

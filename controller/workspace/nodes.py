@@ -115,29 +115,34 @@ def usable_nodes(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> list[str]
     )
 
 
-def build_node_claim(ws: Workspace, instance_type: str, name: str) -> dict[str, Any]:
-    """The NodeClaim for one GPU node of ``instance_type`` for ``ws``."""
+def build_node_claim(
+    ws: Workspace, instance_type: str, name: str, kind: str = "NodeClaim"
+) -> dict[str, Any]:
+    """The NodeClaim (or, for ``kind="Machine"``, the legacy karpenter.sh/v1alpha5
+    Machine the seed document names) for one GPU node of ``instance_type`` for ``ws``."""
     selector = ws.resource.label_selector if ws.resource else None
     labels = {
         **(selector.match_labels if selector and selector.match_labels else {}),
         **claim_labels(ws),
         NODEPOOL_LABEL: NODEPOOL_NAME,
     }
-    return {
-        "apiVersion": "karpenter.sh/v1",
-        "kind": "NodeClaim",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "requirements": [
-                {"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": [instance_type]},
-                {"key": NODEPOOL_LABEL, "operator": "In", "values": [NODEPOOL_NAME]},
-                {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
-            ],
-            "taints": [{"key": GPU_TAINT_KEY, "value": GPU_TAINT_VALUE, "effect": "NoSchedule"}],
-            "resources": {"requests": {"storage": "120Gi"}},
-            "nodeClassRef": {"group": "kaito.sh", "kind": "KaitoNodeClass", "name": "default"},
-        },
+    spec: dict[str, Any] = {
+        "requirements": [
+            {"key": INSTANCE_TYPE_LABEL, "operator": "In", "values": [instance_type]},
+            {"key": NODEPOOL_LABEL, "operator": "In", "values": [NODEPOOL_NAME]},
+            {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+        ],
+        "taints": [{"key": GPU_TAINT_KEY, "value": GPU_TAINT_VALUE, "effect": "NoSchedule"}],
+        "resources": {"requests": {"storage": "120Gi"}},
     }
+    if kind == "Machine":
+        spec["machineTemplateRef"] = {"name": "default"}
+        api_version = "karpenter.sh/v1alpha5"
+    else:
+        spec["nodeClassRef"] = {"group": "kaito.sh", "kind": "KaitoNodeClass", "name": "default"}
+        api_version = "karpenter.sh/v1"
+    return {"apiVersion": api_version, "kind": kind,
+            "metadata": {"name": name, "labels": labels}, "spec": spec}
 
 
 def claim_condition(claim: Mapping[str, Any], condition_type: str) -> Mapping[str, Any] | None:
@@ -182,6 +187,7 @@ def plan_nodes(
     nodes: Iterable[Mapping[str, Any]],
     claims: Iterable[Mapping[str, Any]],
     can_provision: bool = True,
+    claim_kind: str = "NodeClaim",
 ) -> NodePlan:
     """Which nodes to use and which claims to create or delete (pure).
 
@@ -222,6 +228,6 @@ def plan_nodes(
         index += 1
         if name in existing:
             continue  # taken by a live claim, or by a failed one still being deleted
-        plan.claims_to_create.append(build_node_claim(ws, instance_type, name))
+        plan.claims_to_create.append(build_node_claim(ws, instance_type, name, claim_kind))
         missing -= 1
     return plan

@@ -29,6 +29,7 @@ from controller.kube.resources import (
     CONTROLLER_REVISIONS,
     DEPLOYMENTS,
     JOBS,
+    MACHINES,
     NODECLAIMS,
     SERVICES,
     STATEFULSETS,
@@ -80,6 +81,7 @@ class WorkspaceSettings:
 
     workload: WorkloadSettings = field(default_factory=WorkloadSettings)
     can_provision: bool = True  # create NodeClaims (off: bring-your-own nodes only)
+    use_machines: bool = False  # legacy karpenter.sh/v1alpha5 Machines instead of NodeClaims
     progress_interval_seconds: float = 15.0
     deletion_poll_seconds: float = 2.0
 
@@ -145,6 +147,7 @@ class WorkspaceReconciler:
         self._progress = progress or ProgressReader(self._settings.workload.progress_port)
         self._last_progress_read: dict[str, float] = {}
         self._metrics = metrics
+        self._claims_resource = MACHINES if self._settings.use_machines else NODECLAIMS
         self.writes = 0  # API writes made, for tests and the benchmark
 
     async def close(self) -> None:
@@ -189,14 +192,16 @@ class WorkspaceReconciler:
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
         node_plan = plan_nodes(ws, target_node_count=target, instance_type=instance_type,
                                nodes=nodes, claims=claims,
-                               can_provision=self._settings.can_provision)
+                               can_provision=self._settings.can_provision,
+                               claim_kind="Machine" if self._settings.use_machines
+                               else "NodeClaim")
         for claim in node_plan.claims_to_create:
-            await self._create(NODECLAIMS, claim)
+            await self._create(self._claims_resource, claim)
             await self._recorder.record(obj, NORMAL, "NodeClaimCreated",
                                         f"NodeClaim {claim['metadata']['name']} created for "
                                         f"a {instance_type} node", action="Provision")
         for name in node_plan.claims_to_delete:
-            await self._delete(NODECLAIMS, name, None)
+            await self._delete(self._claims_resource, name, None)
             await self._recorder.record(obj, WARNING, "NodeClaimFailed",
                                         "; ".join(node_plan.failures), action="Provision")
 
@@ -469,7 +474,7 @@ class WorkspaceReconciler:
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
         for claim in claims:
             if not (claim.get("metadata") or {}).get("deletionTimestamp"):
-                await self._delete(NODECLAIMS, claim["metadata"]["name"], None)
+                await self._delete(self._claims_resource, claim["metadata"]["name"], None)
         if claims:
             return Result(requeue_after_seconds=self._settings.deletion_poll_seconds)
         finalizers = [f for f in ws.metadata.finalizers or [] if f != FINALIZER]

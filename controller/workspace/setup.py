@@ -19,6 +19,7 @@ from controller.kube.resources import (
     CONTROLLER_REVISIONS,
     DEPLOYMENTS,
     JOBS,
+    MACHINES,
     NODECLAIMS,
     NODES,
     PODS,
@@ -71,7 +72,9 @@ def setup_workspace_controller(
     informers = Informers(
         workspaces=manager.informer(WORKSPACES, namespace),
         nodes=manager.informer(NODES),
-        claims=manager.informer(NODECLAIMS, label_selector=selector),
+        claims=manager.informer(
+            MACHINES if settings is not None and settings.use_machines else NODECLAIMS,
+            label_selector=selector),
         jobs=manager.informer(JOBS, namespace, selector),
         deployments=manager.informer(DEPLOYMENTS, namespace, selector),
         statefulsets=manager.informer(STATEFULSETS, namespace, selector),

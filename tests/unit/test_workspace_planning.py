@@ -226,3 +226,15 @@ def test_workspace_metrics_count_states_and_time_conditions() -> None:
             in text)
     assert ('kaito_workspace_condition_seconds_count{condition="ResourceReady",mode="tuning"} 1.0'
             in text)
+
+
+def test_legacy_machines_by_flag() -> None:
+    from controller.__main__ import load_settings
+
+    assert load_settings(["--use-machines"]).workspace.use_machines is True
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[], claims=[], claim_kind="Machine")
+    machine = plan.claims_to_create[0]
+    assert (machine["apiVersion"], machine["kind"]) == ("karpenter.sh/v1alpha5", "Machine")
+    assert machine["spec"]["machineTemplateRef"] == {"name": "default"}
+    assert "nodeClassRef" not in machine["spec"]
