@@ -163,15 +163,11 @@ class WorkspaceReconciler:
         ws = Workspace.model_validate(obj)
         if ws.metadata.deletion_timestamp:
             return await self._finalize(ws, obj)
-        if FINALIZER not in (ws.metadata.finalizers or []):
-            await self._patch_workspace(obj, {"metadata": {
-                "finalizers": [*(ws.metadata.finalizers or []), FINALIZER],
-                "resourceVersion": ws.metadata.resource_version}})
-            return Result()  # the update wakes the next pass
-
         revision = revision_hash(ws)
-        if _annotation(obj, REVISION_ANNOTATION) != revision:
-            await self._record_revision(ws, obj, revision)
+        has_finalizer = FINALIZER in (ws.metadata.finalizers or [])
+        if not has_finalizer or _annotation(obj, REVISION_ANNOTATION) != revision:
+            # One patch for both; the update it makes wakes the next pass.
+            await self._record_revision(ws, obj, revision, add_finalizer=not has_finalizer)
             return Result()
 
         is_tuning = ws.tuning is not None
@@ -241,7 +237,11 @@ class WorkspaceReconciler:
 
     # -- pieces --------------------------------------------------------------------------
 
-    async def _record_revision(self, ws: Workspace, obj: KubeObject, revision: str) -> None:
+    async def _record_revision(
+        self, ws: Workspace, obj: KubeObject, revision: str, *, add_finalizer: bool
+    ) -> None:
+        """Keep ``revision`` as a ControllerRevision (pruning old ones) and in the
+        workspace's annotation, adding the finalizer in the same patch when missing."""
         namespace = ws.metadata.namespace or "default"
         mine = [item for item in self._informers.revisions.cache.objects(
             namespace, labels=workspace_labels(ws))]
@@ -253,9 +253,11 @@ class WorkspaceReconciler:
             mine.append({"metadata": {"name": revision_name(ws, revision)}, "revision": number})
         for old in revisions_to_prune(mine):
             await self._delete(CONTROLLER_REVISIONS, old, namespace)
-        await self._patch_workspace(obj, {"metadata": {
-            "annotations": {REVISION_ANNOTATION: revision},
-            "resourceVersion": ws.metadata.resource_version}})
+        metadata: dict[str, Any] = {"annotations": {REVISION_ANNOTATION: revision},
+                                    "resourceVersion": ws.metadata.resource_version}
+        if add_finalizer:
+            metadata["finalizers"] = [*(ws.metadata.finalizers or []), FINALIZER]
+        await self._patch_workspace(obj, {"metadata": metadata})
 
     async def _ensure_job(
         self, ws: Workspace, obj: KubeObject, preset: Any, sku: Any, revision: str, *,
