@@ -183,9 +183,22 @@ class WorkspaceReconciler:
             await self._write_status(ws, obj, plan, target=None, workers=None, tuning=None)
             return Result()
 
+        namespace = ws.metadata.namespace or "default"
+        name = ws.metadata.name or ""
+        serves_after_tuning = _annotation(obj, SERVE_AFTER_TUNING_ANNOTATION) != "false"
         target = 1 if is_tuning else max(1, (ws.resource.count if ws.resource else None) or 1)
+        if is_tuning and not serves_after_tuning and self._tuned(namespace, name, revision):
+            target = 0  # done and not served: the nodes go back, as upstream does
         nodes = self._informers.nodes.cache.objects()
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
+        if target == 0:
+            for claim in claims:
+                if not (claim.get("metadata") or {}).get("deletionTimestamp"):
+                    await self._delete(self._claims_resource, claim["metadata"]["name"], None)
+                    await self._recorder.record(
+                        obj, NORMAL, "NodesReleased",
+                        f"tuning finished: NodeClaim {claim['metadata']['name']} released",
+                        action="Provision")
         node_plan = plan_nodes(ws, target_node_count=target, instance_type=instance_type,
                                nodes=nodes, claims=claims,
                                can_provision=self._settings.can_provision,
@@ -202,10 +215,7 @@ class WorkspaceReconciler:
                                         "; ".join(node_plan.failures), action="Provision")
 
         observed = Observed(nodes=node_plan, is_tuning=is_tuning,
-                            serves_after_tuning=_annotation(
-                                obj, SERVE_AFTER_TUNING_ANNOTATION) != "false")
-        namespace = ws.metadata.namespace or "default"
-        name = ws.metadata.name or ""
+                            serves_after_tuning=serves_after_tuning)
         if is_tuning:
             observed.job = await self._ensure_job(ws, obj, preset, sku, revision,
                                                   may_create=node_plan.is_ready)
@@ -307,6 +317,12 @@ class WorkspaceReconciler:
         resource, informer = (DEPLOYMENTS, self._informers.deployments) if (
             workload["kind"] == "Deployment") else (STATEFULSETS, self._informers.statefulsets)
         return await self._ensure(resource, workload, informer)
+
+    def _tuned(self, namespace: str, name: str, revision: str) -> bool:
+        """Whether this revision's tuning Job has succeeded."""
+        job = self._informers.jobs.cache.get(f"{namespace}/{name}")
+        return bool(job and _annotation(job, REVISION_ANNOTATION) == revision
+                    and (job.get("status") or {}).get("succeeded"))
 
     def _existing_workload(self, ws: Workspace) -> KubeObject | None:
         namespace = ws.metadata.namespace or "default"

@@ -463,3 +463,28 @@ def test_inference_workspace_and_bring_your_own_nodes(
     revisions = _get(cluster, "controllerrevisions", "-n", namespace,
                      "-l", f"kaito.sh/workspace={name}")["items"]
     assert len(revisions) == 1
+
+
+def test_opting_out_of_serving_releases_the_nodes(
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
+) -> None:
+    namespace, name = cluster_namespace, "tune-only"
+    document = yaml.safe_load(SEED)
+    document["metadata"] = {"name": name,
+                            "annotations": {"kaito.sh/serve-after-tuning": "false"}}
+    document["resource"]["labelSelector"]["matchLabels"]["app"] = f"{name}-{namespace}"
+    provisioner = FakeProvisioner(cluster)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+
+    def succeeded_and_released() -> bool:
+        ws = _get(cluster, "workspace", name, "-n", namespace)
+        claims = _get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"]
+        return bool(ws and (ws.get("status") or {}).get("state") == "Succeeded"
+                    and not claims)
+
+    wait_for("tuning done and nodes released", succeeded_and_released, timeout=180,
+             tick=provisioner.step)
+    ws = _get(cluster, "workspace", name, "-n", namespace)
+    assert _is_true(ws, "WorkspaceSucceeded") and _is_true(ws, "WorkspaceReady")
+    assert _condition(ws, "ResourceReady")["reason"] == "NodesReleased"  # type: ignore[index]
+    assert _get(cluster, "deployment", name, "-n", namespace) is None

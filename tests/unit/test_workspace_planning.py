@@ -238,3 +238,15 @@ def test_legacy_machines_by_flag() -> None:
     assert (machine["apiVersion"], machine["kind"]) == ("karpenter.sh/v1alpha5", "Machine")
     assert machine["spec"]["machineTemplateRef"] == {"name": "default"}
     assert "nodeClassRef" not in machine["spec"]
+
+
+def test_released_nodes_after_tuning_are_not_an_error() -> None:
+    plan = plan_nodes(workspace(), target_node_count=0, instance_type="Standard_NC6s_v3",
+                      nodes=[], claims=[])
+    assert not plan.claims_to_create
+    done = {"status": {"succeeded": 1}}
+    status = plan_status(Observed(nodes=plan, is_tuning=True, job=done,
+                                  serves_after_tuning=False))
+    assert status.conditions["ResourceReady"].reason == "NodesReleased"
+    assert status.conditions["WorkspaceReady"].status == "True"
+    assert status.state == "Succeeded"
