@@ -3,7 +3,8 @@
 The URLs come from whoever wrote the Workspace, and the download runs inside the cluster,
 so the address the socket connects to is what gets checked, not the URL's spelling:
 the host is resolved here, every resolved address must be global (or inside an allowed
-CIDR, ``--allow-cidr`` / ``KAITO_FETCH_ALLOW_CIDRS``, for in-cluster data servers), and the
+CIDR, ``--allow-cidr`` / ``KAITO_FETCH_ALLOW_CIDRS``, for in-cluster data servers; the rule
+is ``crds.addresses``, the one the admission webhook applies to the URL), and the
 connection goes to that checked address (TLS still verifies the certificate for the host
 name, and the Host header names it). ``http://127.1/``, ``http://2130706433/`` or a DNS
 name pointing at 169.254.169.254 are all refused the same way; so is a redirect to one,
@@ -37,6 +38,8 @@ from urllib.parse import SplitResult, unquote, urljoin, urlsplit
 
 import urllib3
 
+from crds import addresses as address_rules
+from crds.addresses import Address, Network
 from runtime.termination import TERMINATION_LOG, write_termination_message
 
 log = logging.getLogger(__name__)
@@ -51,9 +54,6 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRY_AFTER_SECONDS = 60.0
 CHUNK_BYTES = 1 << 20
 _UNSAFE_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]")
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class RefusedError(Exception):
@@ -108,27 +108,17 @@ def redact(url: str) -> str:
 
 def parse_networks(texts: Iterable[str]) -> tuple[Network, ...]:
     """CIDRs from flags or the environment (comma or space separated)."""
-    networks: list[Network] = []
-    for text in texts:
-        for item in re.split(r"[,\s]+", text.strip()):
-            if not item:
-                continue
-            try:
-                networks.append(ipaddress.ip_network(item, strict=False))
-            except ValueError as err:
-                raise RefusedError(f"allowed CIDR {item!r} is not a network: {err}") from None
-    return tuple(networks)
+    try:
+        return address_rules.parse_networks(texts)
+    except ValueError as err:
+        raise RefusedError(str(err)) from None
 
 
 def address_problem(address: Address, allowed: Sequence[Network]) -> str | None:
-    """Why connecting to ``address`` is refused, or None when it is allowed."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    if any(address.version == net.version and address in net for net in allowed):
-        return None
-    if address.is_global:
-        return None
-    return f"address {address} is not a public address (allow it with --allow-cidr)"
+    """Why connecting to ``address`` is refused (the admission webhook's rule,
+    ``crds.addresses``), or None when it is allowed."""
+    problem = address_rules.address_problem(address, allowed)
+    return None if problem is None else f"{problem}; allow it with --allow-cidr"
 
 
 def _split(url: str) -> SplitResult:
@@ -150,7 +140,13 @@ def resolve_checked(host: str, port: int, allowed: Sequence[Network]) -> list[Ad
     """Every address ``host`` resolves to, if each is allowed; else RefusedError.
 
     The resolver decides what ``127.1`` or ``0177.0.0.1`` mean, the same way the
-    connection would, so no spelling slips past the check."""
+    connection would, so no spelling slips past the check; the host as written is
+    also read the webhook's way, in case this resolver reads it differently."""
+    literal = address_rules.parse_host(host)
+    if literal is not None:
+        problem = address_problem(literal, allowed)
+        if problem is not None:
+            raise RefusedError(f"host {host}: {problem}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as err:

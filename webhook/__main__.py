@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     add("--renew-before-days", type=float, help="renew certificates this long before expiry")
     add("--check-interval-seconds", type=float, help="how often certificates are checked")
     add("--kubeconfig", help="kubeconfig file (in-cluster config when unset)")
+    add("--fetch-allow-cidr", dest="fetch_allow_cidrs", action="append", metavar="CIDR",
+        help="a non-public network tuning input URLs may point at (repeatable)")
     add("--log-level", help="DEBUG, INFO, WARNING, ...")
     add("--log-format", choices=["json", "text"], help="log format (default json)")
     return parser

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import jsonpatch
 from pydantic import ValidationError
 
+from crds.addresses import Network
 from crds.workspace import Workspace
 from presets.catalog import Catalog
 from webhook.defaulting import default, deprecation_warnings
@@ -117,7 +118,8 @@ async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapRea
 
 
 async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader,
-                *, offload: bool = False) -> dict[str, Any]:
+                *, offload: bool = False,
+                allowed_networks: Sequence[Network] = ()) -> dict[str, Any]:
     """Admits or denies with every problem named by its field path."""
     request = review.request
     if request.operation not in ("CREATE", "UPDATE") or request.object is None:
@@ -134,7 +136,8 @@ async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapRead
     except ConfigMapUnavailable as error:
         return denied(request.uid, f"tuning.config: could not read the ConfigMap: {error}",
                       code=503, reason="ServiceUnavailable")
-    errors = await _run(offload, validate, parsed, old, presets, tuning_config_data=data)
+    errors = await _run(offload, validate, parsed, old, presets, tuning_config_data=data,
+                        allowed_networks=allowed_networks)
     if errors:
         log.info("workspace denied", extra={"uid": request.uid, "workspace": parsed.metadata.name,
                                             "errors": len(errors)})

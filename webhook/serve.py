@@ -198,7 +198,8 @@ async def serve(settings: WebhookSettings, stop: asyncio.Event) -> None:
             await rotator.first_sync()
             background.append(asyncio.create_task(rotator.run(), name="webhook-cert-rotation"))
         app = build_app(load_catalog(), reader, metrics=WebhookMetrics(),
-                        ready=lambda: tls.is_loaded)
+                        ready=lambda: tls.is_loaded,
+                        allowed_networks=settings.fetch_allow_cidrs)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from crds.addresses import Network
 from presets.catalog import Catalog
 from webhook.admission import ConfigMapReader, check, mutate
 from webhook.metrics import WebhookMetrics
@@ -27,7 +28,6 @@ VALIDATE_PATH = "/validate-kaito-sh-v1beta1-workspace"
 MAX_BODY_BYTES = 7 * 1024 * 1024
 # Reviews larger than this are parsed and decided on a worker thread so the loop stays free.
 THREAD_PARSE_BYTES = 64 * 1024
-
 
 
 class Decide(Protocol):
@@ -102,15 +102,25 @@ def build_app(
     *,
     metrics: WebhookMetrics | None = None,
     ready: Callable[[], bool] = lambda: True,
+    allowed_networks: Sequence[Network] = (),
 ) -> web.Application:
-    """The webhook application; the caller owns serving it (TLS, runner)."""
+    """The webhook application; the caller owns serving it (TLS, runner).
+
+    ``allowed_networks``: non-public networks tuning input URLs may point at."""
+    networks = tuple(allowed_networks)
+
+    async def validate_workspace(review: AdmissionReview, presets: Catalog,
+                                 reader: ConfigMapReader, *,
+                                 offload: bool = False) -> dict[str, Any]:
+        return await check(review, presets, reader, offload=offload, allowed_networks=networks)
+
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CATALOG] = catalog
     app[CONFIGMAPS] = configmaps
     app[METRICS] = metrics or WebhookMetrics()
     app[READY] = ready
     app.router.add_post(MUTATE_PATH, _admission_handler(MUTATE_PATH, mutate))
-    app.router.add_post(VALIDATE_PATH, _admission_handler(VALIDATE_PATH, check))
+    app.router.add_post(VALIDATE_PATH, _admission_handler(VALIDATE_PATH, validate_workspace))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from crds.addresses import Network, parse_networks
 
 
 class WebhookSettings(BaseSettings):
@@ -41,8 +43,21 @@ class WebhookSettings(BaseSettings):
     kubeconfig: Path | None = None
     """A kubeconfig file; in-cluster config when unset."""
     configmap_timeout_seconds: float = Field(default=5, gt=0)
+    fetch_allow_cidrs: Annotated[tuple[Network, ...], NoDecode] = ()
+    """Non-public networks tuning input URLs may point at (in-cluster data servers), comma
+    separated; empty: public addresses only. Keep it equal to the controller's list, which
+    the tuning pod's downloader enforces again on the address it connects to."""
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    @field_validator("fetch_allow_cidrs", mode="before")
+    @classmethod
+    def _split_cidrs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_networks([value])
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return parse_networks(value)
+        return value
 
     def dns_names(self) -> list[str]:
         svc, ns = self.service_name, self.namespace

@@ -8,18 +8,20 @@ and config may change, so they are checked again); `old` adds the immutability r
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 
+from crds.addresses import Network, url_problem
 from crds.workspace import TUNING_METHODS, Workspace
 from presets.catalog import Catalog
 from webhook.errors import FieldError
 from webhook.fit import inference_fit_errors, tuning_fit_errors, tuning_plan
 from webhook.tuning_config import check_tuning_config, parse_tuning_config
-from webhook.urls import url_problem
 
 MAX_ADAPTERS = 10
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RESERVED_LABEL_PREFIXES = ("kaito.sh/workspace", "karpenter.sh/")
+_ALLOW_HINT = "an operator can allow a network with KAITO_WEBHOOK_FETCH_ALLOW_CIDRS"
 
 
 def validate(
@@ -28,8 +30,11 @@ def validate(
     presets: Catalog,
     *,
     tuning_config_data: dict[str, str] | None = None,
+    allowed_networks: Sequence[Network] = (),
 ) -> list[FieldError]:
     """All problems with `new` (an update when `old` is given); empty means admitted.
+
+    `allowed_networks`: the operator's non-public networks tuning urls may point at.
 
     An update that leaves resource/inference/tuning as they were (metadata only: labels,
     finalizers, annotations) is always admitted, so a ConfigMap deleted after creation or a
@@ -46,7 +51,7 @@ def validate(
     if has_inference and not has_tuning:
         errors += _inference_errors(new, presets)
     if has_tuning and not has_inference:
-        errors += _tuning_errors(new, presets, tuning_config_data)
+        errors += _tuning_errors(new, presets, tuning_config_data, allowed_networks)
     if old is not None:
         errors += _update_errors(new, old)
     return errors
@@ -157,7 +162,8 @@ def _is_strength(text: str) -> bool:
 
 
 def _tuning_errors(
-    ws: Workspace, presets: Catalog, config_data: dict[str, str] | None
+    ws: Workspace, presets: Catalog, config_data: dict[str, str] | None,
+    allowed_networks: Sequence[Network],
 ) -> list[FieldError]:
     tuning = ws.tuning
     assert tuning is not None
@@ -180,7 +186,7 @@ def _tuning_errors(
     if ws.resource is not None and (ws.resource.count or 1) > 1:
         errors.append(FieldError("resource.count", "Invalid value",
                                  "tuning runs on one node", ws.resource.count))
-    errors += _input_errors(ws)
+    errors += _input_errors(ws, allowed_networks)
     errors += _output_errors(ws)
     config = None
     if tuning.config:
@@ -199,7 +205,7 @@ def _tuning_errors(
     return errors
 
 
-def _input_errors(ws: Workspace) -> list[FieldError]:
+def _input_errors(ws: Workspace, allowed_networks: Sequence[Network]) -> list[FieldError]:
     assert ws.tuning is not None
     source = ws.tuning.input
     if source is None:
@@ -212,7 +218,7 @@ def _input_errors(ws: Workspace) -> list[FieldError]:
                            given or None)]
     errors: list[FieldError] = []
     for index, url in enumerate(source.urls or []):
-        problem = url_problem(url)
+        problem = url_problem(url, allowed_networks, hint=_ALLOW_HINT)
         if problem is not None:
             errors.append(FieldError(f"tuning.input.urls[{index}]", "Invalid value", problem, url))
     return errors

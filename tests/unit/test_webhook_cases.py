@@ -158,16 +158,27 @@ INVALID_CASES: list[Case] = [
          "https URL"),
     Case("tuning-url-localhost",
          _tuning(tuning__input__urls=["https://example.com/a.csv", "http://localhost:8080/d"]),
-         "tuning.input.urls[1]: Invalid value: \"http://localhost:8080/d\": must not point at "
-         "localhost"),
+         "tuning.input.urls[1]: Invalid value: \"http://localhost:8080/d\": host 'localhost': "
+         "address 127.0.0.1 is not a public address (loopback)"),
     Case("tuning-url-loopback-ip", _tuning(tuning__input__urls=["http://127.0.0.1/d.parquet"]),
-         "must not point at a loopback address"),
+         "address 127.0.0.1 is not a public address (loopback)"),
     Case("tuning-url-cloud-metadata",
          _tuning(tuning__input__urls=["http://169.254.169.254/metadata/instance"]),
          "tuning.input.urls[0]: Invalid value: \"http://169.254.169.254/metadata/instance\": "
-         "must not point at a link-local address"),
+         "host '169.254.169.254': address 169.254.169.254 is not a public address (link-local"),
     Case("tuning-url-private", _tuning(tuning__input__urls=["https://10.1.2.3/d.parquet"]),
-         "must not point at a private address"),
+         "address 10.1.2.3 is not a public address (private); an operator can allow a network "
+         "with KAITO_WEBHOOK_FETCH_ALLOW_CIDRS"),
+    # Spellings the C resolver reads as non-public addresses (admitted before).
+    Case("tuning-url-short-loopback", _tuning(tuning__input__urls=["http://127.1/d.parquet"]),
+         "tuning.input.urls[0]: Invalid value: \"http://127.1/d.parquet\": host '127.1': "
+         "address 127.0.0.1 is not a public address (loopback)"),
+    Case("tuning-url-octal-loopback", _tuning(tuning__input__urls=["http://0177.0.0.1/d"]),
+         "host '0177.0.0.1': address 127.0.0.1 is not a public address (loopback)"),
+    Case("tuning-url-short-private", _tuning(tuning__input__urls=["http://10.1/d"]),
+         "host '10.1': address 10.0.0.1 is not a public address (private)"),
+    Case("tuning-url-cgnat", _tuning(tuning__input__urls=["http://100.64.0.1/d"]),
+         "address 100.64.0.1 is not a public address (shared address space (CGNAT))"),
     Case("tuning-output-missing", _tuning(tuning__output=None), "tuning.output: Required value"),
     Case("tuning-output-image-and-volume",
          _tuning(tuning__output__volumeSource={"emptyDir": {}}),

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from crds.addresses import parse_networks, url_problem
 from crds.workspace import Workspace
 from presets.catalog import load_catalog
 from tests.unit.test_webhook_cases import (
@@ -19,7 +20,6 @@ from tests.unit.test_webhook_cases import (
 )
 from webhook.defaulting import default, deprecation_warnings
 from webhook.tuning_config import TuningConfig, parse_tuning_config
-from webhook.urls import url_problem
 from webhook.validation import admission_warnings, validate
 
 pytestmark = pytest.mark.unit
@@ -156,24 +156,54 @@ def test_valid_user_config_is_admitted() -> None:
         ("https://huggingface.co/datasets/x/resolve/main/a.parquet", None),
         ("http://example.com:8080/a.csv", None),
         ("https://8.8.8.8/a.csv", None),
+        ("https://134744072/a.csv", None),  # 8.8.8.8
         ("file:///etc/passwd", "must be an http or https URL"),
         ("https://", "has no host"),
-        ("http://LOCALHOST./x", "must not point at localhost"),
-        ("http://api.localhost/x", "must not point at localhost"),
-        ("http://[::1]/x", "must not point at a loopback address"),
-        ("http://2130706433/x", "must not point at a loopback address"),
-        ("http://0x7f000001/x", "must not point at a loopback address"),
-        ("http://0.0.0.0/x", "must not point at a loopback address"),
-        ("http://[::ffff:169.254.169.254]/x", "must not point at a link-local address (cloud metadata)"),
-        ("http://metadata.google.internal/x", "must not point at localhost"),
-        ("http://192.168.1.1/x", "must not point at a private address"),
-        ("http://172.16.0.1/x", "must not point at a private address"),
-        ("http://[fd00::1]/x", "must not point at a private address"),
+        ("http://LOCALHOST./x", ("host 'localhost.': address 127.0.0.1 is not a public address "
+                                "(loopback)")),
+        ("http://api.localhost/x", ("host 'api.localhost': address 127.0.0.1 is not a public "
+                                   "address (loopback)")),
+        ("http://[::1]/x", "host '::1': address ::1 is not a public address (loopback)"),
+        ("http://2130706433/x", ("host '2130706433': address 127.0.0.1 is not a public address "
+                                "(loopback)")),
+        ("http://0x7f000001/x", ("host '0x7f000001': address 127.0.0.1 is not a public address "
+                                "(loopback)")),
+        ("http://0.0.0.0/x", ("host '0.0.0.0': address 0.0.0.0 is not a public address "
+                             "(unspecified)")),
+        ("http://0/x", "host '0': address 0.0.0.0 is not a public address (unspecified)"),
+        ("http://[::ffff:169.254.169.254]/x",
+         ("host '::ffff:169.254.169.254': address 169.254.169.254 (via ::ffff:a9fe:a9fe) is not "
+         "a public address (link-local, where the cloud metadata service is)")),
+        ("http://metadata.google.internal/x", ("host 'metadata.google.internal': address "
+         "169.254.169.254 is not a public address (link-local, where the cloud metadata "
+         "service is)")),
+        ("http://192.168.1.1/x", ("host '192.168.1.1': address 192.168.1.1 is not a public "
+                                 "address (private)")),
+        ("http://172.16.0.1/x", ("host '172.16.0.1': address 172.16.0.1 is not a public "
+                                "address (private)")),
+        ("http://[fd00::1]/x", ("host 'fd00::1': address fd00::1 is not a public address "
+                               "(private)")),
+        ("http://198.18.0.1/x", ("host '198.18.0.1': address 198.18.0.1 is not a public "
+                                "address (private)")),  # benchmarking
+        ("http://224.0.0.1/x", ("host '224.0.0.1': address 224.0.0.1 is not a public address "
+                               "(multicast)")),
+        ("http://[64:ff9b::a00:1]/x", ("host '64:ff9b::a00:1': address 10.0.0.1 (via "
+         "64:ff9b::a00:1) is not a public address (private)")),
         ("http://example.com:99999/x", "is not a valid URL"),
     ],
 )
 def test_url_problem(url: str, problem: str | None) -> None:
     assert url_problem(url) == problem
+
+
+def test_the_allow_list_is_the_only_way_around_the_address_rule() -> None:
+    allowed = parse_networks(["10.0.0.0/8, 127.0.0.1/32"])
+    assert url_problem("http://10.1/d", allowed) is None
+    assert url_problem("http://0x7f.1/d", allowed) is None
+    assert url_problem("http://localhost/d", allowed) is None
+    assert url_problem("http://[::ffff:10.0.0.1]/d", allowed) is None
+    assert url_problem("http://127.0.0.2/d", allowed) is not None
+    assert url_problem("http://192.168.0.1/d", allowed) is not None
 
 
 def test_validate_does_not_mutate_its_input() -> None:

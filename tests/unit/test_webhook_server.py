@@ -238,3 +238,36 @@ async def test_large_review_does_not_block_the_event_loop(http: TestClient[Any, 
     assert response.status == 200 and answer["response"]["allowed"] is True
     longest = max(later - earlier for earlier, later in itertools.pairwise(ticks))
     assert longest < 0.5, f"event loop blocked for {longest:.2f}s"
+
+
+async def test_the_settings_allow_list_admits_an_in_cluster_data_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from webhook.settings import WebhookSettings
+
+    monkeypatch.setenv("KAITO_WEBHOOK_FETCH_ALLOW_CIDRS", "10.0.0.0/8, fd00::/8")
+    settings = WebhookSettings()
+    in_cluster = _edit(SEED, tuning__input__urls=["http://10.1/train.parquet"])
+    app = build_app(load_catalog(), DictConfigMaps(),
+                    allowed_networks=settings.fetch_allow_cidrs)
+    async with TestClient(TestServer(app)) as client:
+        assert (await _post(client, VALIDATE_PATH, review(in_cluster)))["allowed"] is True
+        metadata = _edit(SEED, tuning__input__urls=["http://169.254.169.254/latest"])
+        denied = await _post(client, VALIDATE_PATH, review(metadata))
+        assert denied["allowed"] is False
+    async with TestClient(TestServer(build_app(load_catalog(), DictConfigMaps()))) as client:
+        response = await _post(client, VALIDATE_PATH, review(in_cluster))
+        assert response["allowed"] is False
+        assert response["status"]["message"].startswith(
+            "tuning.input.urls[0]: Invalid value: \"http://10.1/train.parquet\": host '10.1': "
+            "address 10.0.0.1 is not a public address (private)")
+
+
+def test_a_bad_cidr_in_the_settings_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from webhook.settings import WebhookSettings
+
+    monkeypatch.setenv("KAITO_WEBHOOK_FETCH_ALLOW_CIDRS", "10.0.0.0/8,not-a-cidr")
+    with pytest.raises(ValidationError, match="allowed CIDR 'not-a-cidr' is not a network"):
+        WebhookSettings()
