@@ -22,28 +22,31 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+# The pure name rules live in crds (the webhook applies them too); re-exported here.
+from crds.dtypes import DTYPE_NAMES, PrecisionError, normalise_dtype, requested_training_dtype
+
+__all__ = [
+    "CPU_CAPABILITIES",
+    "DTYPE_NAMES",
+    "FORCE_CPU_CAPABILITY_ENV",
+    "DeviceCapability",
+    "Precision",
+    "PrecisionError",
+    "choose_precision",
+    "cpu_capability",
+    "detect_capability",
+    "normalise_dtype",
+    "requested_training_dtype",
+    "resolve",
+]
+
 log = logging.getLogger(__name__)
 
-DTYPE_NAMES: dict[str, str] = {
-    "auto": "auto",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-}
 FORCE_CPU_CAPABILITY_ENV = "KAITO_FORCE_CPU_CAPABILITY"
 # Values for KAITO_FORCE_CPU_CAPABILITY, lower case, as torch names its CPU capabilities;
 # the last two are the CPUs with native bfloat16.
 CPU_CAPABILITIES = ("default", "avx2", "avx512", "avx512_bf16", "amx")
 _NATIVE_BF16_CPU = ("avx512_bf16", "amx")
-
-
-class PrecisionError(ValueError):
-    """The requested dtype is not one we know; the message lists the valid names."""
 
 
 @dataclass(frozen=True)
@@ -75,33 +78,6 @@ class Precision:
         import torch
 
         return getattr(torch, self.dtype)
-
-
-def normalise_dtype(name: str | None) -> str:
-    """``bf16`` → ``bfloat16`` and so on; None → ``auto``."""
-    if name is None:
-        return "auto"
-    key = str(name).strip().lower().removeprefix("torch.")
-    if key not in DTYPE_NAMES:
-        raise PrecisionError(
-            f"unsupported dtype {name!r}; use one of {sorted(DTYPE_NAMES)}"
-        )
-    return DTYPE_NAMES[key]
-
-
-def requested_training_dtype(torch_dtype: str | None, bf16: bool, fp16: bool) -> str:
-    """The training request from the config: an explicit ``torch_dtype`` wins, then the
-    ``bf16``/``fp16`` TrainingArguments flags, else ``auto``."""
-    if bf16 and fp16:
-        raise PrecisionError("TrainingArguments: bf16 and fp16 are both true; choose one")
-    explicit = normalise_dtype(torch_dtype)
-    if explicit != "auto":
-        return explicit
-    if bf16:
-        return "bfloat16"
-    if fp16:
-        return "float16"
-    return "auto"
 
 
 def choose_precision(requested: str | None, capability: DeviceCapability) -> Precision:

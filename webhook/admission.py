@@ -21,7 +21,7 @@ from presets.catalog import Catalog
 from webhook.defaulting import default, deprecation_warnings
 from webhook.errors import FieldError, join
 from webhook.review import AdmissionReview, allowed, denied
-from webhook.tuning_config import TuningConfig, parse_tuning_config
+from webhook.tuning_config import TrainingConfig, parse_tuning_config
 from webhook.validation import admission_warnings, spec_unchanged, validate
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def _parse_pair(
 
 
 def _default_patch(parsed: Workspace, old: Workspace | None, presets: Catalog,
-                   config: TuningConfig | None) -> list[dict[str, Any]]:
+                   config: TrainingConfig | None) -> list[dict[str, Any]]:
     defaulted = default(parsed, presets, old=old, tuning_config=config)
     before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
     after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
@@ -104,14 +104,14 @@ async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapRea
     parsed, old = await _run(offload, _parse_pair, request.object, request.old_object)
     if isinstance(parsed, list):
         return denied(request.uid, join(parsed))
-    config: TuningConfig | None = None
+    config: TrainingConfig | None = None
     try:
         data = await _config_data(parsed, _namespace(review, parsed), reader)
     except ConfigMapUnavailable as error:
         return denied(request.uid, f"tuning.config: could not read the ConfigMap: {error}",
                       code=503, reason="ServiceUnavailable")
     if parsed.tuning is not None and parsed.tuning.config:
-        config, _ = parse_tuning_config(parsed.tuning.config, data)
+        config, _ = parse_tuning_config(parsed.tuning.config, data, parsed.tuning.method)
     patch = await _run(offload, _default_patch, parsed, old, presets, config)
     warnings = deprecation_warnings(parsed) if request.operation == "CREATE" else []
     return allowed(request.uid, patch=patch, warnings=warnings)

@@ -19,7 +19,7 @@ from presets.memory import (
     tuning_estimate,
 )
 from webhook.fit import tuning_plan
-from webhook.tuning_config import TuningConfig
+from webhook.tuning_config import TrainingConfig
 
 DEFAULT_ADAPTER_STRENGTH = "1.0"
 
@@ -29,7 +29,7 @@ def default(
     presets: Catalog,
     *,
     old: Workspace | None = None,
-    tuning_config: TuningConfig | None = None,
+    tuning_config: TrainingConfig | None = None,
 ) -> Workspace:
     """A copy of the workspace with defaults filled in."""
     ws = ws.model_copy(deep=True)

@@ -19,7 +19,7 @@ from presets.memory import (
     tuning_fits,
 )
 from webhook.errors import FieldError
-from webhook.tuning_config import TuningConfig, default_shape
+from webhook.tuning_config import TrainingConfig, config_shape, default_shape
 
 _INSTANCE = "resource.instanceType"
 
@@ -32,7 +32,9 @@ class TuningPlan:
     shape: TuningShape
 
 
-def tuning_plan(ws: Workspace, catalog: Catalog, config: TuningConfig | None) -> TuningPlan | None:
+def tuning_plan(
+    ws: Workspace, catalog: Catalog, config: TrainingConfig | None
+) -> TuningPlan | None:
     """The preset and memory knobs of a tuning workspace, or None if they are not valid."""
     tuning = ws.tuning
     if tuning is None or tuning.preset is None or tuning.method not in ("lora", "qlora"):
@@ -40,7 +42,7 @@ def tuning_plan(ws: Workspace, catalog: Catalog, config: TuningConfig | None) ->
     preset = catalog.preset(tuning.preset.name)
     if preset is None or not preset.tuning.supports(tuning.method):
         return None
-    shape = (config.shape(tuning.method, preset) if config is not None
+    shape = (config_shape(config, tuning.method, preset) if config is not None
              else default_shape(tuning.method, preset))
     return TuningPlan(preset, shape)
 

@@ -16,7 +16,7 @@ from crds.workspace import TUNING_METHODS, Workspace
 from presets.catalog import Catalog
 from webhook.errors import FieldError
 from webhook.fit import inference_fit_errors, tuning_fit_errors, tuning_plan
-from webhook.tuning_config import check_tuning_config, parse_tuning_config
+from webhook.tuning_config import computes_in_bfloat16, config_warnings, parse_tuning_config
 
 MAX_ADAPTERS = 10
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -190,10 +190,8 @@ def _tuning_errors(
     errors += _output_errors(ws)
     config = None
     if tuning.config:
-        config, config_errors = parse_tuning_config(tuning.config, config_data)
+        config, config_errors = parse_tuning_config(tuning.config, config_data, tuning.method)
         errors += config_errors
-        if config is not None and tuning.method in TUNING_METHODS:
-            errors += check_tuning_config(config, tuning.method)
     plan = tuning_plan(ws, presets, config)
     if plan is not None and not errors and ws.resource is not None:
         sku = presets.sku(ws.resource.instance_type or "")
@@ -275,15 +273,16 @@ def admission_warnings(
     """Warnings for an admitted workspace (the request still succeeds)."""
     warnings: list[str] = []
     sku = presets.sku(ws.resource.instance_type or "") if ws.resource is not None else None
-    if ws.tuning is not None and sku is not None and not sku.bf16:
-        config = None
-        if ws.tuning.config:
-            config, _ = parse_tuning_config(ws.tuning.config, tuning_config_data)
-        # The method's default config computes in bfloat16.
-        if config is None or config.uses_bfloat16():
-            warnings.append(
-                f"{sku.name} ({sku.gpu_model}) has no bfloat16: tuning runs in float16 instead"
-            )
+    config = None
+    if ws.tuning is not None and ws.tuning.config:
+        config, _ = parse_tuning_config(ws.tuning.config, tuning_config_data, ws.tuning.method)
+        if config is not None:
+            warnings += config_warnings(config)
+    if ws.tuning is not None and sku is not None and not sku.bf16 and computes_in_bfloat16(config):
+        # runtime.precision computes bfloat16 requests (and auto) in float16 on such GPUs.
+        warnings.append(
+            f"{sku.name} ({sku.gpu_model}) has no bfloat16: tuning runs in float16 instead"
+        )
     if ws.inference is not None and ws.inference.preset is not None:
         preset = presets.preset(ws.inference.preset.name)
         options = ws.inference.preset.preset_options

@@ -1,268 +1,44 @@
-"""The tuning job's configuration: upstream Kaito's ``training_config.yaml``, parsed once.
+"""The tuning job's ``training_config.yaml`` schema, as the runtime imports it.
 
-The file (the ``training_config.yaml`` key of the Workspace's ConfigMap) holds one
-top-level key, ``training_config``, with the sections ModelConfig, QuantizationConfig,
-LoraConfig, TrainingArguments, DatasetConfig and DataCollator. Upstream hands each
-section's keys to the matching Hugging Face class, so any key those classes accept is
-allowed here too (``extra="allow"``); the keys this runtime acts on are typed fields with
-upstream's defaults (lora-params-template / qlora-params-template). Pure: no torch.
+The schema lives in ``crds.tuning_config`` so that the admission webhook denies exactly
+what this runtime would refuse, with the same message; this module keeps the runtime's
+imports where they were.
 """
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
-from typing import Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from runtime.precision import PrecisionError, normalise_dtype, requested_training_dtype
-
-Method = Literal["lora", "qlora"]
-SECTIONS = (
-    "ModelConfig",
-    "QuantizationConfig",
-    "LoraConfig",
-    "TrainingArguments",
-    "DatasetConfig",
-    "DataCollator",
+from crds.tuning_config import (
+    CONFIG_KEY,
+    SECTIONS,
+    TRAINING_ARGUMENT_KEYS,
+    ConfigError,
+    DataCollatorSection,
+    DatasetSection,
+    LoraSection,
+    Method,
+    ModelSection,
+    QuantizationSection,
+    TrainingConfig,
+    TrainingSection,
+    load_training_config,
+    parse_training_config,
+    parse_training_config_text,
 )
 
-
-class ConfigError(Exception):
-    """The training configuration is unusable; the message names the key."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-
-    def extra_keys(self) -> dict[str, Any]:
-        """Keys the user set that are not typed fields here (passed through or ignored)."""
-        return dict(self.model_extra or {})
-
-
-class ModelSection(_Section):
-    """Keyword arguments for ``AutoModelForCausalLM.from_pretrained``."""
-
-    pretrained_model_name_or_path: str | None = None
-    torch_dtype: str = "auto"  # runtime.precision: what the device computes fast
-    local_files_only: bool = True
-    device_map: str | dict[str, Any] | None = "auto"
-    trust_remote_code: bool = False
-
-
-class QuantizationSection(_Section):
-    """Keyword arguments for ``BitsAndBytesConfig``."""
-
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    bnb_4bit_quant_type: str = "nf4"
-    bnb_4bit_compute_dtype: str = "auto"  # auto: the model's compute dtype
-    bnb_4bit_use_double_quant: bool = True
-
-    @property
-    def is_quantized(self) -> bool:
-        return self.load_in_4bit or self.load_in_8bit
-
-
-class LoraSection(_Section):
-    """Keyword arguments for ``peft.LoraConfig`` (task type is always causal LM)."""
-
-    r: int = Field(default=8, gt=0)
-    lora_alpha: int = Field(default=8, gt=0)
-    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | str | None = None
-    bias: Literal["none", "all", "lora_only"] = "none"
-
-
-class TrainingSection(_Section):
-    """The ``transformers.TrainingArguments`` keys this runtime's loop acts on."""
-
-    output_dir: str = "/mnt/results"
-    per_device_train_batch_size: int = Field(default=1, gt=0)
-    per_device_eval_batch_size: int = Field(default=8, gt=0)
-    gradient_accumulation_steps: int = Field(default=1, gt=0)
-    num_train_epochs: float = Field(default=3.0, gt=0)
-    max_steps: int = -1
-    learning_rate: float = Field(default=5e-5, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "linear"
-    warmup_steps: int = Field(default=0, ge=0)
-    warmup_ratio: float = Field(default=0.0, ge=0, le=1)
-    logging_steps: float = Field(default=10, gt=0)
-    save_strategy: Literal["no", "steps", "epoch", "best"] = "no"
-    save_steps: float = Field(default=500, gt=0)
-    save_total_limit: int | None = Field(default=2, gt=0)
-    seed: int = 42
-    gradient_checkpointing: bool = False
-    bf16: bool = False
-    fp16: bool = False
-    ddp_find_unused_parameters: bool = False
-
-    def warmup_steps_for(self, total_steps: int) -> int:
-        if self.warmup_steps:
-            return self.warmup_steps
-        return math.ceil(total_steps * self.warmup_ratio)
-
-
-class DatasetSection(_Section):
-    """How rows become training examples. Column names default to auto-detection.
-
-    ``max_seq_length`` and ``packing`` extend upstream: a row longer than
-    ``max_seq_length`` tokens is an error (upstream truncates silently), and packing
-    concatenates short examples into full-length rows without cross-attention.
-    """
-
-    dataset_path: str | None = None
-    shuffle_dataset: bool = True
-    shuffle_seed: int = 42
-    train_test_split: float = Field(default=1.0, gt=0, le=1)
-    messages_column: str | None = None
-    prompt_column: str | None = None
-    completion_column: str | None = None
-    instruction_column: str | None = None
-    context_column: str | None = None
-    response_column: str | None = None
-    text_column: str | None = None
-    max_seq_length: int = Field(default=1024, gt=8)
-    packing: bool = False
-
-
-class DataCollatorSection(_Section):
-    """``DataCollatorForLanguageModeling`` keys; ``mlm`` is always false for causal LMs."""
-
-    mlm: bool = False
-    pad_to_multiple_of: int | None = Field(default=None, gt=0)
-
-
-class TrainingConfig(BaseModel):
-    """The whole ``training_config`` value after defaults for the method."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
-
-    model: ModelSection = Field(default_factory=ModelSection, alias="ModelConfig")
-    quantization: QuantizationSection = Field(
-        default_factory=QuantizationSection, alias="QuantizationConfig"
-    )
-    lora: LoraSection = Field(default_factory=LoraSection, alias="LoraConfig")
-    training: TrainingSection = Field(
-        default_factory=TrainingSection, alias="TrainingArguments"
-    )
-    dataset: DatasetSection = Field(default_factory=DatasetSection, alias="DatasetConfig")
-    collator: DataCollatorSection = Field(
-        default_factory=DataCollatorSection, alias="DataCollator"
-    )
-
-    @model_validator(mode="after")
-    def _quantization_is_one_kind(self) -> TrainingConfig:
-        if self.quantization.load_in_4bit and self.quantization.load_in_8bit:
-            raise ValueError("QuantizationConfig: load_in_4bit and load_in_8bit are both true")
-        return self
-
-    @model_validator(mode="after")
-    def _dtypes_are_known(self) -> TrainingConfig:
-        for where, name in (
-            ("ModelConfig.torch_dtype", self.model.torch_dtype),
-            ("QuantizationConfig.bnb_4bit_compute_dtype",
-             self.quantization.bnb_4bit_compute_dtype),
-        ):
-            try:
-                normalise_dtype(name)
-            except PrecisionError as err:
-                raise ValueError(f"{where}: {err}") from None
-        try:
-            requested_training_dtype(None, self.training.bf16, self.training.fp16)
-        except PrecisionError as err:
-            raise ValueError(str(err)) from None
-        return self
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The knobs that define the adapter, for the artifact's annotations."""
-        return {
-            "r": self.lora.r,
-            "lora_alpha": self.lora.lora_alpha,
-            "lora_dropout": self.lora.lora_dropout,
-            "target_modules": self.lora.target_modules,
-            "learning_rate": self.training.learning_rate,
-            "num_train_epochs": self.training.num_train_epochs,
-            "max_steps": self.training.max_steps,
-            "per_device_train_batch_size": self.training.per_device_train_batch_size,
-            "gradient_accumulation_steps": self.training.gradient_accumulation_steps,
-            "lr_scheduler_type": self.training.lr_scheduler_type,
-            "max_seq_length": self.dataset.max_seq_length,
-            "packing": self.dataset.packing,
-            "load_in_4bit": self.quantization.load_in_4bit,
-            "load_in_8bit": self.quantization.load_in_8bit,
-        }
-
-
-_QLORA_DEFAULTS: dict[str, Any] = {
-    "load_in_4bit": True,
-    "bnb_4bit_quant_type": "nf4",
-    "bnb_4bit_compute_dtype": "auto",
-    "bnb_4bit_use_double_quant": True,
-}
-
-
-def _format_validation_error(err: ValidationError) -> str:
-    parts = []
-    for problem in err.errors():
-        where = ".".join(str(item) for item in problem["loc"]) or "training_config"
-        parts.append(f"{where}: {problem['msg']}")
-    return "; ".join(parts)
-
-
-def parse_training_config(document: Any, method: Method) -> TrainingConfig:
-    """Turn the parsed YAML document into a :class:`TrainingConfig` for ``method``.
-
-    Applies the method's QuantizationConfig defaults when the section is absent and
-    rejects a section that contradicts the method, as upstream's webhook does.
-    """
-    if document is None:
-        document = {"training_config": {}}
-    if not isinstance(document, dict) or "training_config" not in document:
-        raise ConfigError("the file must have one top-level key, training_config")
-    extra_top = sorted(set(document) - {"training_config"})
-    if extra_top:
-        raise ConfigError(f"unexpected top-level keys {extra_top}; only training_config")
-    body = document["training_config"] or {}
-    if not isinstance(body, dict):
-        raise ConfigError("training_config must be a mapping of sections")
-    unknown = sorted(set(body) - set(SECTIONS))
-    if unknown:
-        raise ConfigError(f"unknown sections {unknown}; allowed: {list(SECTIONS)}")
-    body = {name: dict(value or {}) for name, value in body.items()}
-    quantization = body.setdefault("QuantizationConfig", {})
-    if method == "qlora" and not quantization:
-        quantization.update(_QLORA_DEFAULTS)
-    for key in ("load_in_4bit", "load_in_8bit"):
-        if key in quantization and not isinstance(quantization[key], bool):
-            raise ConfigError(f"QuantizationConfig.{key} must be a boolean")
-    try:
-        config = TrainingConfig.model_validate(body)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err)) from err
-    if method == "lora" and config.quantization.is_quantized:
-        raise ConfigError("method lora forbids QuantizationConfig.load_in_4bit/load_in_8bit")
-    if method == "qlora" and not config.quantization.is_quantized:
-        raise ConfigError("method qlora needs QuantizationConfig.load_in_4bit or load_in_8bit")
-    return config
-
-
-def load_training_config(path: Path, method: Method) -> TrainingConfig:
-    """Read ``training_config.yaml`` from ``path``; errors name the file."""
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ConfigError(f"{path}: cannot read: {err.strerror}") from err
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    try:
-        return parse_training_config(document, method)
-    except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from err
+__all__ = [
+    "CONFIG_KEY",
+    "SECTIONS",
+    "TRAINING_ARGUMENT_KEYS",
+    "ConfigError",
+    "DataCollatorSection",
+    "DatasetSection",
+    "LoraSection",
+    "Method",
+    "ModelSection",
+    "QuantizationSection",
+    "TrainingConfig",
+    "TrainingSection",
+    "load_training_config",
+    "parse_training_config",
+    "parse_training_config_text",
+]

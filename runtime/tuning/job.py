@@ -62,7 +62,9 @@ def infer_method(config_path: Path) -> Method:
 
 
 def check_training_argument_keys(config: TrainingConfig) -> None:
-    """Unknown TrainingArguments keys are errors; known ones we do not act on are logged."""
+    """Unknown TrainingArguments keys are errors (the schema's pinned list, checked again
+    against the installed transformers); known ones this runtime does not act on, and
+    settings it cannot honour, are logged as warnings (the webhook warns about the same)."""
     from transformers import TrainingArguments
 
     known = {item.name for item in dataclasses.fields(TrainingArguments)}
@@ -72,6 +74,8 @@ def check_training_argument_keys(config: TrainingConfig) -> None:
         raise ConfigError(f"TrainingArguments: unknown keys {unknown}")
     if extra:
         log.warning("training arguments not used by this runtime", extra={"keys": sorted(extra)})
+    for message in config.training.ignored_settings():
+        log.warning("training setting ignored", extra={"detail": message})
 
 
 def _fingerprint(config: TrainingConfig, dataset_digest: str, model_path: Path) -> str:

@@ -118,3 +118,56 @@ def test_hyperparameters_summarise_the_adapter() -> None:
     summary = config.hyperparameters()
     assert summary["r"] == 8 and summary["load_in_4bit"] is True
     assert summary["per_device_train_batch_size"] == 1
+
+
+def test_pinned_training_argument_keys_are_the_installed_transformers() -> None:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from crds.tuning_config import TRAINING_ARGUMENT_KEYS
+
+    installed = {field.name for field in dataclasses.fields(TrainingArguments)}
+    assert installed == TRAINING_ARGUMENT_KEYS
+
+
+def test_training_arguments_are_checked_when_the_file_is_loaded() -> None:
+    body = {"QuantizationConfig": {"load_in_4bit": True},
+            "TrainingArguments": {"max_seq_length": 512}}
+    with pytest.raises(ConfigError, match=r"TrainingArguments: unknown keys \['max_seq_length'\] "
+                                          r"\(max_seq_length belongs in DatasetConfig\)"):
+        parse_training_config({"training_config": body}, "qlora")
+    legacy = parse_training_config(
+        {"training_config": {"TrainingArguments": {"warmup_ratio": 0.1}}}, "lora")
+    assert legacy.training.warmup_ratio == 0.1
+
+
+def test_a_qlora_file_must_say_how_to_quantize() -> None:
+    # As upstream's webhook: only the method's own default config (no file) is quantized
+    # without saying so.
+    with pytest.raises(ConfigError, match="method qlora needs QuantizationConfig"):
+        parse_training_config({"training_config": {"LoraConfig": {"r": 16}}}, "qlora")
+    assert parse_training_config(None, "qlora").quantization.load_in_4bit is True
+
+
+def test_ddp_find_unused_parameters_is_reported_as_ignored() -> None:
+    config = parse_training_config(
+        {"training_config": {"TrainingArguments": {"ddp_find_unused_parameters": True}}}, "lora")
+    (message,) = config.training.ignored_settings()
+    assert message.startswith("TrainingArguments.ddp_find_unused_parameters has no effect")
+    default = parse_training_config(
+        {"training_config": {"TrainingArguments": {"ddp_find_unused_parameters": False}}}, "lora")
+    assert default.training.ignored_settings() == []
+
+
+def test_the_pod_log_warns_about_ddp_find_unused_parameters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from runtime.tuning.job import check_training_argument_keys
+
+    config = parse_training_config(
+        {"training_config": {"TrainingArguments": {"ddp_find_unused_parameters": True}}}, "lora")
+    with caplog.at_level("WARNING", logger="runtime.tuning.job"):
+        check_training_argument_keys(config)
+    (record,) = [r for r in caplog.records if r.getMessage() == "training setting ignored"]
+    assert "ddp_find_unused_parameters has no effect" in record.__dict__["detail"]

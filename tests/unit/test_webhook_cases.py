@@ -18,7 +18,7 @@ from crds.workspace import Workspace
 from presets.catalog import load_catalog
 from webhook.defaulting import default
 from webhook.errors import join
-from webhook.tuning_config import CONFIG_KEY, TuningConfig, parse_tuning_config
+from webhook.tuning_config import CONFIG_KEY, TrainingConfig, parse_tuning_config
 from webhook.validation import validate
 
 pytestmark = pytest.mark.unit
@@ -189,28 +189,53 @@ INVALID_CASES: list[Case] = [
     Case("tuning-config-missing", _tuning(tuning__config="no-such-config"),
          "tuning.config: Not found: ConfigMap 'no-such-config' does not exist"),
     Case("tuning-config-unknown-section", _tuning(tuning__config=CONFIG_NAME),
-         "tuning.config: Invalid value: unknown section 'Evil'",
+         "tuning.config: Invalid value: training_config.yaml of ConfigMap 'my-tuning-config': "
+         "unknown sections ['Evil']; allowed: ['ModelConfig', 'QuantizationConfig',",
          configmap=training_config({**QLORA_OK, "Evil": {"x": 1}})),
     Case("tuning-config-load-in-4bit-not-bool", _tuning(tuning__config=CONFIG_NAME),
          "QuantizationConfig.load_in_4bit must be a boolean",
          configmap=training_config({"QuantizationConfig": {"load_in_4bit": "yes"}})),
     Case("tuning-config-both-4bit-and-8bit", _tuning(tuning__config=CONFIG_NAME),
-         "load_in_4bit and load_in_8bit cannot both be true",
+         "QuantizationConfig: load_in_4bit and load_in_8bit are both true",
          configmap=training_config({"QuantizationConfig": {"load_in_4bit": True,
                                                            "load_in_8bit": True}})),
     Case("tuning-config-lora-quantized",
          _tuning(tuning__config=CONFIG_NAME, tuning__method="lora",
                  resource__instanceType="Standard_NC24ads_A100_v4"),
-         "lora tunes 16-bit weights",
+         "method lora forbids QuantizationConfig.load_in_4bit/load_in_8bit (use method qlora)",
          configmap=training_config({"QuantizationConfig": {"load_in_4bit": True}})),
     Case("tuning-config-qlora-unquantized", _tuning(tuning__config=CONFIG_NAME),
-         "qlora needs QuantizationConfig.load_in_4bit or load_in_8bit",
+         "method qlora needs QuantizationConfig.load_in_4bit or load_in_8bit set to true",
          configmap=training_config({"LoraConfig": {"r": 16}})),
+    Case("tuning-config-qlora-4bit-false", _tuning(tuning__config=CONFIG_NAME),
+         "method qlora needs QuantizationConfig.load_in_4bit or load_in_8bit set to true",
+         configmap=training_config({"QuantizationConfig": {"load_in_4bit": False}})),
+    # The runtime refuses this key (SFTConfig has it, TrainingArguments does not); the
+    # webhook once read it for its memory estimate.
+    Case("tuning-config-max-seq-length-in-training-arguments",
+         _tuning(tuning__config=CONFIG_NAME),
+         "TrainingArguments: unknown keys ['max_seq_length'] (max_seq_length belongs in "
+         "DatasetConfig)",
+         configmap=training_config({**QLORA_OK,
+                                    "TrainingArguments": {"max_seq_length": 512}})),
+    Case("tuning-config-unknown-training-argument", _tuning(tuning__config=CONFIG_NAME),
+         "TrainingArguments: unknown keys ['learning_rat']",
+         configmap=training_config({**QLORA_OK, "TrainingArguments": {"learning_rat": 1e-4}})),
+    Case("tuning-config-bf16-and-fp16", _tuning(tuning__config=CONFIG_NAME),
+         "TrainingArguments: bf16 and fp16 are both true; choose one",
+         configmap=training_config({**QLORA_OK,
+                                    "TrainingArguments": {"bf16": True, "fp16": True}})),
+    Case("tuning-config-unknown-dtype", _tuning(tuning__config=CONFIG_NAME),
+         "ModelConfig.torch_dtype: unsupported dtype 'float8'",
+         configmap=training_config({**QLORA_OK, "ModelConfig": {"torch_dtype": "float8"}})),
+    Case("tuning-config-short-max-seq-length", _tuning(tuning__config=CONFIG_NAME),
+         "DatasetConfig.max_seq_length: Input should be greater than 8",
+         configmap=training_config({**QLORA_OK, "DatasetConfig": {"max_seq_length": 4}})),
     Case("tuning-config-output-dir-escapes-mnt", _tuning(tuning__config=CONFIG_NAME),
          "TrainingArguments.output_dir '/mnt/../etc' must stay under /mnt",
          configmap=training_config({**QLORA_OK, "TrainingArguments": {"output_dir": "/mnt/../etc"}})),
     Case("tuning-config-not-yaml", _tuning(tuning__config=CONFIG_NAME),
-         "training_config.yaml is not valid YAML",
+         "training_config.yaml of ConfigMap 'my-tuning-config': not valid YAML at line 1",
          configmap={CONFIG_KEY: "training_config: [unclosed"}),
     Case("tuning-memory-estimate-too-big",
          _tuning(tuning__config=CONFIG_NAME, tuning__preset={"name": "phi-3-medium-128k-instruct"}),
@@ -229,9 +254,9 @@ def run_webhook(raw: dict[str, Any], configmap: dict[str, str] | None,
     catalog = load_catalog()
     ws = Workspace.model_validate(raw)
     old = Workspace.model_validate(old_raw) if old_raw is not None else None
-    config: TuningConfig | None = None
+    config: TrainingConfig | None = None
     if ws.tuning is not None and ws.tuning.config:
-        config, _ = parse_tuning_config(ws.tuning.config, configmap)
+        config, _ = parse_tuning_config(ws.tuning.config, configmap, ws.tuning.method)
     defaulted = default(ws, catalog, old=old, tuning_config=config)
     return [str(e) for e in validate(defaulted, old, catalog, tuning_config_data=configmap)]
 

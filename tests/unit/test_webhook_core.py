@@ -19,7 +19,12 @@ from tests.unit.test_webhook_cases import (
     training_config,
 )
 from webhook.defaulting import default, deprecation_warnings
-from webhook.tuning_config import TuningConfig, parse_tuning_config
+from webhook.tuning_config import (
+    TrainingConfig,
+    computes_in_bfloat16,
+    config_shape,
+    parse_tuning_config,
+)
 from webhook.validation import admission_warnings, validate
 
 pytestmark = pytest.mark.unit
@@ -127,16 +132,17 @@ def test_config_drives_the_memory_estimate() -> None:
     preset = load_catalog().preset("phi-3-mini-4k-instruct")
     assert preset is not None
     config, errors = parse_tuning_config("c", training_config({
-        "QuantizationConfig": {"load_in_4bit": True},
+        "ModelConfig": {"torch_dtype": "float16"},
+        "QuantizationConfig": {"load_in_4bit": True, "bnb_4bit_compute_dtype": "float16"},
         "TrainingArguments": {"per_device_train_batch_size": 8, "gradient_checkpointing": False},
         "LoraConfig": {"r": 32},
         "DatasetConfig": {"max_seq_length": 1024},
-    }))
-    assert errors == [] and isinstance(config, TuningConfig)
-    shape = config.shape("qlora", preset)
+    }), "qlora")
+    assert errors == [] and isinstance(config, TrainingConfig)
+    shape = config_shape(config, "qlora", preset)
     assert (shape.batch_size, shape.seq_len, shape.lora_rank, shape.gradient_checkpointing) == (
         8, 1024, 32, False)
-    assert not config.uses_bfloat16()
+    assert not computes_in_bfloat16(config)
 
 
 def test_valid_user_config_is_admitted() -> None:
@@ -235,3 +241,28 @@ def test_metadata_only_update_is_admitted_even_if_rules_now_fail() -> None:
     # A spec change is checked again, and fails on the missing ConfigMap.
     changed = _edit(new, tuning__input__urls=["https://example.com/b.parquet"])
     assert any("tuning.config: Not found" in e for e in run_webhook(changed, None, old_raw=old))
+
+
+def test_settings_the_pod_ignores_are_warned_about_at_admission() -> None:
+    raw = _edit(SEED, tuning__config="cfg")
+    data = training_config({"QuantizationConfig": {"load_in_4bit": True},
+                            "TrainingArguments": {"ddp_find_unused_parameters": True}})
+    assert run_webhook(raw, data) == []
+    warnings = admission_warnings(Workspace.model_validate(raw), load_catalog(),
+                                  tuning_config_data=data)
+    assert ("tuning.config: TrainingArguments.ddp_find_unused_parameters has no effect: "
+            "tuning runs in one process, without DistributedDataParallel") in warnings
+
+
+def test_fp16_on_a_gpu_without_bfloat16_is_honoured_without_a_warning() -> None:
+    # runtime.precision honours bf16/fp16: asking for float16 on a V100 needs no warning,
+    # asking for bfloat16 there gets float16 and says so.
+    raw = _edit(SEED, tuning__config="cfg")
+    fp16 = training_config({"QuantizationConfig": {"load_in_4bit": True},
+                            "TrainingArguments": {"fp16": True}})
+    ws = Workspace.model_validate(raw)
+    assert admission_warnings(ws, load_catalog(), tuning_config_data=fp16) == []
+    bf16 = training_config({"QuantizationConfig": {"load_in_4bit": True},
+                            "TrainingArguments": {"bf16": True}})
+    assert admission_warnings(ws, load_catalog(), tuning_config_data=bf16) == [
+        "Standard_NC6s_v3 (V100) has no bfloat16: tuning runs in float16 instead"]
