@@ -12,9 +12,11 @@ The JSON (file ``<output>/progress.json`` and ``/progress``) has: ``phase`` (one
 PHASES), ``step``, ``total_steps``, ``epoch``, ``loss``, ``learning_rate``,
 ``tokens_per_second``, ``seconds_per_step``, ``eta_seconds``, ``elapsed_seconds``,
 ``tokens_seen``, ``resumed_from_step``, ``precision`` (``dtype``, ``requested``,
-``device_type``, ``capability``, ``reason``, ``warning``), ``evaluation`` (``before``/``after`` →
-``loss``, ``perplexity``), ``message`` (the error when failed) and ``updated_at`` (Unix
-time). The tuning CLI serves it with ``--progress-port`` (or ``KAITO_PROGRESS_PORT``).
+``device_type``, ``capability``, ``reason``, ``warning``), ``data`` (how the rows fitted
+``max_seq_length``: ``rows``, ``kept``, ``truncated``, ``dropped``, ``tokens_cut``,
+``longest_tokens``, ``max_seq_length``, ``truncated_rows``, ``dropped_rows``),
+``evaluation`` (``before``/``after`` → ``loss``, ``perplexity``), ``message`` (the error
+when failed) and ``updated_at`` (Unix time). The tuning CLI serves it with ``--progress-port`` (or ``KAITO_PROGRESS_PORT``).
 """
 
 from __future__ import annotations
@@ -87,6 +89,7 @@ class ProgressTracker:
             "tokens_seen": 0,
             "resumed_from_step": None,
             "precision": None,
+            "data": None,
             "evaluation": {},
             "message": None,
             "updated_at": None,
@@ -111,6 +114,8 @@ class ProgressTracker:
                                registry=self.registry)
         self._eval = Gauge("kaito_tuning_eval_loss", "Held-out loss", ["when"],
                            registry=self.registry)
+        self._rows = Gauge("kaito_tuning_rows", "Training data rows by how they fitted "
+                           "max_seq_length", ["outcome"], registry=self.registry)
         self._publish()
 
     def snapshot(self) -> dict[str, Any]:
@@ -131,6 +136,16 @@ class ProgressTracker:
         """The dtype training computes in and why (``runtime.precision.Precision``)."""
         with self._lock:
             self._state["precision"] = dict(precision)
+        self._publish()
+
+    def record_data(self, lengths: dict[str, Any]) -> None:
+        """How the rows fitted ``max_seq_length`` (``encoding.LengthReport.as_dict``)."""
+        with self._lock:
+            self._state["data"] = dict(lengths)
+            kept, truncated = int(lengths["kept"]), int(lengths["truncated"])
+            self._rows.labels(outcome="whole").set(kept - truncated)
+            self._rows.labels(outcome="truncated").set(truncated)
+            self._rows.labels(outcome="dropped").set(int(lengths["dropped"]))
         self._publish()
 
     def begin_training(self, total_steps: int, start_step: int) -> None:

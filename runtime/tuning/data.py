@@ -6,7 +6,7 @@ its format: conversational ``messages``, ``prompt``/``completion``, dolly-style
 encoding, a format that matches nothing, an empty or malformed value) is a
 :class:`DataError` whose message names the file, the row and the column, so the job fails
 in seconds instead of training on garbage (upstream passes such rows through silently).
-Tokenising is in tokenize.py; this module needs no torch.
+Tokenising is in encoding.py; this module needs no torch.
 """
 
 from __future__ import annotations

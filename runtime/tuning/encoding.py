@@ -2,8 +2,13 @@
 
 Loss is computed only on what the model should learn to say: the assistant turns of a
 conversation (rendered with the tokenizer's own chat template, including the end-of-turn
-token) or the completion of a prompt/completion pair; plain text learns every token. A
-row longer than ``max_seq_length`` is an error naming the file, row and column.
+token) or the completion of a prompt/completion pair; plain text learns every token.
+
+A row longer than ``max_seq_length`` is truncated as TRL does (``keep_start``): the
+prompt's head and as much of the answer as fits stay; a row with no answer token left
+is dropped. Real data has a long tail (Dolly's context passages run to thousands of
+words), so one long row must not fail a job; a :class:`LengthReport` counts what was cut
+and dropped for ``training_result.json`` and the progress endpoint.
 
 Batching: without packing, examples are grouped by length (shuffled in megabatches, then
 sorted inside each) and padded only to the longest row of their own batch. With packing,
@@ -22,6 +27,8 @@ from typing import Any, Protocol
 from runtime.tuning.data import DataError, Example
 
 IGNORE_INDEX = -100
+# How many affected rows a report names (the counts cover them all).
+REPORTED_ROWS = 5
 
 
 class ChatTokenizer(Protocol):
@@ -119,24 +126,107 @@ def encode_completion(tokenizer: ChatTokenizer, example: Example) -> Encoded:
     )
 
 
-def encode_examples(
+@dataclass(frozen=True)
+class LengthReport:
+    """What fitting the rows into ``max_seq_length`` tokens did."""
+
+    rows: int
+    max_seq_length: int
+    truncated: int = 0
+    dropped: int = 0
+    tokens_cut: int = 0
+    longest_tokens: int = 0
+    truncated_rows: tuple[str, ...] = ()
+    dropped_rows: tuple[str, ...] = ()
+
+    @property
+    def kept(self) -> int:
+        return self.rows - self.dropped
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``training_result.json`` and ``/progress`` show under ``data``."""
+        return {
+            "rows": self.rows,
+            "kept": self.kept,
+            "truncated": self.truncated,
+            "dropped": self.dropped,
+            "tokens_cut": self.tokens_cut,
+            "longest_tokens": self.longest_tokens,
+            "max_seq_length": self.max_seq_length,
+            "truncated_rows": list(self.truncated_rows),
+            "dropped_rows": list(self.dropped_rows),
+        }
+
+
+@dataclass(frozen=True)
+class EncodedData:
+    """The examples that will be trained on, and how their lengths were fitted."""
+
+    items: list[Encoded]
+    report: LengthReport
+
+
+def truncate(item: Encoded, max_seq_length: int) -> Encoded | None:
+    """The first ``max_seq_length`` tokens (TRL's ``keep_start``), or None when none of
+    them is a target: the prompt alone fills the context, so nothing would be learned."""
+    if len(item.input_ids) <= max_seq_length:
+        return item
+    cut = Encoded(item.input_ids[:max_seq_length], item.labels[:max_seq_length], item.source)
+    return cut if cut.target_tokens > 0 else None
+
+
+def encode_dataset(
     tokenizer: ChatTokenizer, examples: Sequence[Example], max_seq_length: int
-) -> list[Encoded]:
-    """Encode every example; any row longer than ``max_seq_length`` is an error."""
+) -> EncodedData:
+    """Encode every example and fit it into ``max_seq_length`` tokens.
+
+    A row with no target at all (an empty answer) is bad data and an error; a row that
+    loses every target only to the length limit is dropped; so is the job, with an
+    error, when no row is left."""
     encoded: list[Encoded] = []
+    truncated: list[str] = []
+    dropped: list[str] = []
+    tokens_cut = longest = 0
     for example in examples:
         item = encode_chat(tokenizer, example) if example.is_chat else encode_completion(
             tokenizer, example
         )
-        if len(item.input_ids) > max_seq_length:
-            raise DataError(
-                f"{example.source} column '{example.column}': {len(item.input_ids)} tokens, "
-                f"longer than max_seq_length {max_seq_length} (DatasetConfig.max_seq_length)"
-            )
         if item.target_tokens == 0:
             raise DataError(f"{example.source} column '{example.column}': nothing to learn")
-        encoded.append(item)
-    return encoded
+        length = len(item.input_ids)
+        longest = max(longest, length)
+        fitted = truncate(item, max_seq_length)
+        if fitted is None:
+            dropped.append(f"{example.source} column '{example.column}'")
+            continue
+        if fitted is not item:
+            truncated.append(f"{example.source} column '{example.column}'")
+            tokens_cut += length - max_seq_length
+        encoded.append(fitted)
+    report = LengthReport(
+        rows=len(examples),
+        max_seq_length=max_seq_length,
+        truncated=len(truncated),
+        dropped=len(dropped),
+        tokens_cut=tokens_cut,
+        longest_tokens=longest,
+        truncated_rows=tuple(truncated[:REPORTED_ROWS]),
+        dropped_rows=tuple(dropped[:REPORTED_ROWS]),
+    )
+    if examples and not encoded:
+        raise DataError(
+            f"every row's prompt fills max_seq_length {max_seq_length} "
+            "(DatasetConfig.max_seq_length) before its answer starts, so nothing is left "
+            f"to train on ({len(dropped)} rows dropped; first: {dropped[0]})"
+        )
+    return EncodedData(encoded, report)
+
+
+def encode_examples(
+    tokenizer: ChatTokenizer, examples: Sequence[Example], max_seq_length: int
+) -> list[Encoded]:
+    """The examples :func:`encode_dataset` keeps."""
+    return encode_dataset(tokenizer, examples, max_seq_length).items
 
 
 def split_train_eval(

@@ -5,7 +5,9 @@ checked first, so bad input fails in seconds with a message naming the file, row
 column. The output folder ends up holding the adapter (``adapter_config.json``,
 ``adapter_model.safetensors``), ``training_result.json`` (held-out loss and perplexity
 before and after, losses, speed, dataset digest, hyper-parameters) and the sentinel
-``fine_tuning_completed.txt`` that tells the pod (and a push sidecar) it is done. A job
+``fine_tuning_completed.txt`` that tells the pod (and a push sidecar) it is done. Rows
+longer than ``max_seq_length`` are truncated or dropped (encoding.py) and counted under
+``data`` in the result and in progress. A job
 whose sentinel exists does nothing, so a restarted pod after success is harmless.
 """
 
@@ -25,7 +27,7 @@ from runtime.base_model import resolve_model_path
 from runtime.progress import ProgressTracker, write_atomically
 from runtime.tuning.config import ConfigError, Method, TrainingConfig, load_training_config
 from runtime.tuning.data import load_dataset
-from runtime.tuning.encoding import encode_examples, split_train_eval
+from runtime.tuning.encoding import encode_dataset, split_train_eval
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +140,20 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(model_path)
     dataset = load_dataset(request.data_dir, config.dataset)
-    encoded = encode_examples(tokenizer, dataset.examples, max_seq_length)
+    fitted = encode_dataset(tokenizer, dataset.examples, max_seq_length)
+    encoded, lengths = fitted.items, fitted.report
+    progress.record_data(lengths.as_dict())
+    if lengths.truncated or lengths.dropped:
+        log.warning("rows longer than max_seq_length were truncated or dropped",
+                    extra=lengths.as_dict())
     train, held_out = split_train_eval(
         encoded, data.train_test_split, data.shuffle_seed, shuffle=data.shuffle_dataset
     )
     log.info(
         "data validated",
         extra={"files": len(dataset.files), "examples": len(encoded), "train": len(train),
-               "held_out": len(held_out), "digest": dataset.digest},
+               "held_out": len(held_out), "truncated": lengths.truncated,
+               "dropped": lengths.dropped, "digest": dataset.digest},
     )
 
     progress.set_phase("loading")
@@ -178,6 +186,7 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
         "method": method,
         "dataset_digest": dataset.digest,
         "examples": {"train": len(train), "held_out": len(held_out)},
+        "data": lengths.as_dict(),
         "hyperparameters": config.hyperparameters(),
         "evaluation": {"before": outcome.eval_before, "after": outcome.eval_after},
         "total_steps": outcome.total_steps,

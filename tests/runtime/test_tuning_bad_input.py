@@ -71,14 +71,45 @@ def test_non_utf8(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixt
 def test_row_longer_than_the_context(
     tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # A long row is truncated, not fatal (below, and tests/unit/test_tuning_encoding.py);
+    # only data whose every prompt fills the context leaves nothing to train on, and that
+    # fails fast, naming a row.
     (tmp_path / "data").mkdir()
     rows = dolly_rows(20)
-    rows[13]["response"] = "word " * 400  # far past max_seq_length 128 with the real tokenizer
+    for row in rows:
+        row["context"] = "word " * 400  # far past max_seq_length 128 with the real tokenizer
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "dolly.parquet")
     code, err = _run(tmp_path, smollm2_path, capsys)
     assert code == EXIT_BAD_INPUT
-    assert "dolly.parquet row 13 column 'response':" in err
-    assert "longer than max_seq_length 128" in err
+    assert "every row's prompt fills max_seq_length 128 (DatasetConfig.max_seq_length)" in err
+    assert "20 rows dropped; first: " in err and "dolly.parquet row 0 column 'response'" in err
+
+
+def test_the_real_tokenizer_truncates_a_long_answer_and_drops_a_long_prompt(
+    tmp_path: Path, smollm2_path: Path
+) -> None:
+    from runtime.tuning.config import DatasetSection
+    from runtime.tuning.data import load_dataset
+    from runtime.tuning.encoding import IGNORE_INDEX, encode_dataset
+    from runtime.tuning.model import load_tokenizer
+
+    tokenizer = load_tokenizer(smollm2_path)
+    rows = dolly_rows(30)
+    rows[3]["response"] = "word " * 400
+    rows[7]["context"] = "word " * 400
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "dolly.parquet")
+    dataset = load_dataset(tmp_path / "data", DatasetSection())
+    fitted = encode_dataset(tokenizer, dataset.examples, max_seq_length=128)
+    report = fitted.report
+    assert (report.rows, report.kept, report.truncated, report.dropped) == (30, 29, 1, 1)
+    assert report.dropped_rows[0].endswith("dolly.parquet row 7 column 'response'")
+    (cut,) = [item for item in fitted.items if " row 3" in item.source]
+    assert len(cut.input_ids) == 128
+    text = tokenizer.decode(cut.input_ids)
+    assert rows[3]["instruction"] in text  # the prompt's head is kept whole
+    learned = tokenizer.decode([t for t in cut.labels if t != IGNORE_INDEX])
+    assert learned.startswith("word word") and "<|im_end|>" not in learned
 
 
 def test_empty_value(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

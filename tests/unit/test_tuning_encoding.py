@@ -1,18 +1,24 @@
-"""Loss masks, length checks, splits, packing and batching (a character-level tokenizer
+"""Loss masks, truncation to max_seq_length, splits, packing and batching (a character-level tokenizer
 stands in for the real one here; tests/runtime checks the real SmolLM2 tokenizer)."""
 
 from __future__ import annotations
 
+import random
 import re
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from runtime.tuning.data import DataError, Example
+from runtime.tuning.config import DatasetSection
+from runtime.tuning.data import DataError, Example, load_dataset
 from runtime.tuning.encoding import (
     IGNORE_INDEX,
     Encoded,
     collate,
+    encode_dataset,
     encode_examples,
     pack,
     plan_epoch,
@@ -77,16 +83,92 @@ def test_plain_text_learns_every_token() -> None:
     assert decode_targets(item) == "abc$"
 
 
-def test_too_long_row_names_file_row_and_column() -> None:
+def test_a_long_completion_keeps_the_prompt_and_the_head_of_the_answer() -> None:
     examples = [
-        Example("data.parquet row 0", "response", completion="short"),
-        Example("data.parquet row 1", "response", completion="x" * 40),
+        Example("data.parquet row 0", "response", prompt="Q:", completion="short"),
+        Example("data.parquet row 1", "response", prompt="Q:", completion="x" * 40),
     ]
-    with pytest.raises(
-        DataError, match=r"data.parquet row 1 column 'response': 41 tokens, longer than "
-        r"max_seq_length 32"
-    ):
-        encode_examples(CharTokenizer(), examples, max_seq_length=32)
+    fitted = encode_dataset(CharTokenizer(), examples, max_seq_length=32)
+    short, long = fitted.items
+    assert decode_targets(short) == "short$"
+    assert len(long.input_ids) == 32 and long.input_ids[:2] == [ord("Q") + 10, ord(":") + 10]
+    assert decode_targets(long) == "x" * 30  # the answer's head; no EOS: it was cut
+    assert fitted.report.as_dict() == {
+        "rows": 2, "kept": 2, "truncated": 1, "dropped": 0, "tokens_cut": 11,
+        "longest_tokens": 43, "max_seq_length": 32,
+        "truncated_rows": ["data.parquet row 1 column 'response'"], "dropped_rows": [],
+    }
+
+
+def test_a_row_whose_prompt_fills_the_context_is_dropped() -> None:
+    examples = [
+        Example("d row 0", "messages", messages=(("user", "c" * 40), ("assistant", "yes"))),
+        Example("d row 1", "messages", messages=(("user", "hi"), ("assistant", "yes"))),
+    ]
+    fitted = encode_dataset(CharTokenizer(), examples, max_seq_length=32)
+    assert [item.source for item in fitted.items] == ["d row 1"]
+    assert (fitted.report.dropped, fitted.report.truncated, fitted.report.kept) == (1, 0, 1)
+    assert fitted.report.dropped_rows == ("d row 0 column 'messages'",)
+    # One answer token left is still something to learn (the first token never is).
+    # <|user|> + 28 c + <|end|> + <|assistant|> is 31 tokens of prompt.
+    edge = Example("d row 2", "messages", messages=(("user", "c" * 28), ("assistant", "yes")))
+    (kept,) = encode_examples(CharTokenizer(), [edge], max_seq_length=32)
+    assert decode_targets(kept) == "y"
+
+
+def test_a_chat_cut_mid_conversation_keeps_the_earlier_turns() -> None:
+    example = Example(
+        "f row 0", "messages",
+        messages=(("user", "hi"), ("assistant", "yo"), ("user", "again"),
+                  ("assistant", "z" * 50)),
+    )
+    (item,) = encode_examples(CharTokenizer(), [example], max_seq_length=40)
+    assert len(item.input_ids) == 40
+    assert decode_targets(item).startswith("yo#zzz")
+
+
+def test_when_every_row_is_dropped_the_job_fails_naming_one() -> None:
+    examples = [Example(f"d row {i}", "response", prompt="p" * 40, completion="a")
+                for i in range(3)]
+    with pytest.raises(DataError, match=r"every row's prompt fills max_seq_length 32 "
+                       r"\(DatasetConfig.max_seq_length\) before its answer starts.*3 rows "
+                       r"dropped; first: d row 0 column 'response'"):
+        encode_dataset(CharTokenizer(), examples, max_seq_length=32)
+
+
+def test_the_seed_shaped_dataset_with_a_long_tail_trains_without_failing(
+    tmp_path: Path,
+) -> None:
+    # The seed's data is Dolly 15k in conversational form: a `messages` column of
+    # system/user/assistant turns, the user turn holding the context passage. Context
+    # lengths follow a log-normal long tail, as Dolly's do (most short, a few huge).
+    rng = random.Random(7)
+    rows = []
+    for index in range(400):
+        context_words = int(rng.lognormvariate(3.5, 1.3)) if index % 3 else 0
+        answer_words = int(rng.lognormvariate(3.0, 0.9)) + 1
+        context = " ".join("ctx" for _ in range(context_words))
+        user = f"Question {index}?" + (f"\n\n{context}" if context else "")
+        messages = [
+            {"role": "system", "content": "You are helpful."},
+            {"role": "user", "content": user},
+            {"role": "assistant", "content": " ".join("ans" for _ in range(answer_words))},
+        ]
+        rows.append({"messages": messages, "category": "closed_qa"})
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "train.parquet")
+    dataset = load_dataset(tmp_path / "data", DatasetSection())
+    fitted = encode_dataset(CharTokenizer(), dataset.examples, max_seq_length=1024)
+    report = fitted.report
+    assert report.rows == 400 and report.truncated > 0 and report.dropped > 0
+    assert report.kept == len(fitted.items) == 400 - report.dropped
+    assert report.longest_tokens > 4 * 1024
+    assert all(len(item.input_ids) <= 1024 and item.target_tokens > 0 for item in fitted.items)
+    assert len(report.truncated_rows) == min(report.truncated, 5)
+    assert "train.parquet row " in report.truncated_rows[0]
+    # Truncation keeps each row's head: its system turn and question come first.
+    head = CharTokenizer()("<|system|>You are helpful.<|end|><|user|>Question")["input_ids"]
+    assert all(item.input_ids[:len(head)] == head for item in fitted.items)
 
 
 def test_template_that_does_not_render_prefixes_is_rejected() -> None:
