@@ -86,8 +86,9 @@ class FakeProvisioner:
         claims = (_get(self.cluster, "nodeclaims") or {"items": []})["items"]
         for claim in claims:
             name = claim["metadata"]["name"]
-            if name in self.made or claim["metadata"].get("deletionTimestamp"):
-                continue
+            if name in self.made or claim["metadata"].get("deletionTimestamp") or (
+                    claim.get("status") or {}).get("nodeName"):
+                continue  # ours already, going away, or fulfilled by another test's
             node = f"node-{name}"
             instance = claim["spec"]["requirements"][0]["values"][0]
             labels = {k: v for k, v in claim["metadata"]["labels"].items()}
