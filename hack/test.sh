@@ -12,6 +12,9 @@ venv=$(bash hack/venv.sh)
 # minutes show up here and not inside a test's timeout.
 KUBEBUILDER_ASSETS=$(bash hack/k8s-binaries.sh)
 export KUBEBUILDER_ASSETS
+# kubectl (and the other binaries) on PATH: the tests that call it must find it, and
+# fail rather than skip when it is missing.
+export PATH="$KUBEBUILDER_ASSETS:$PATH"
 # The checkout wins over whatever the shared venv's editable install points at.
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -264,9 +264,10 @@ def test_update_rules(control_plane: LocalCluster, ws_namespace: str) -> None:
     assert result.returncode == 0, result.stderr
     stored = _get(control_plane, ws_namespace, "tuning-updates")
     assert stored["tuning"]["input"]["urls"] == ["https://example.com/more.parquet"]
-    bad_url = _edit(base, tuning__input__urls=["http://10.0.0.1/x"])
-    assert "must not point at a private address" in _apply(control_plane, ws_namespace,
-                                                            bad_url).stderr
+    bad_url = _edit(base, tuning__input__urls=["http://10.1/x"])  # 10.0.0.1, as C reads it
+    assert ("tuning.input.urls[0]: Invalid value: \"http://10.1/x\": host '10.1': address "
+            "10.0.0.1 is not a public address (private)") in _apply(
+                control_plane, ws_namespace, bad_url).stderr
 
 
 def test_serving_certificate_is_signed_by_the_stored_ca(

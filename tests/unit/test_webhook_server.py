@@ -271,3 +271,15 @@ def test_a_bad_cidr_in_the_settings_is_refused(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("KAITO_WEBHOOK_FETCH_ALLOW_CIDRS", "10.0.0.0/8,not-a-cidr")
     with pytest.raises(ValidationError, match="allowed CIDR 'not-a-cidr' is not a network"):
         WebhookSettings()
+
+
+def test_the_allow_list_flag_overrides_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ipaddress
+
+    from webhook.__main__ import _settings
+
+    monkeypatch.setenv("KAITO_WEBHOOK_FETCH_ALLOW_CIDRS", "192.168.0.0/16")
+    assert _settings([]).fetch_allow_cidrs == (ipaddress.ip_network("192.168.0.0/16"),)
+    flagged = _settings(["--fetch-allow-cidr", "10.0.0.0/8", "--fetch-allow-cidr", "fd00::/8"])
+    assert flagged.fetch_allow_cidrs == (ipaddress.ip_network("10.0.0.0/8"),
+                                         ipaddress.ip_network("fd00::/8"))
