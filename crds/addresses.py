@@ -102,9 +102,17 @@ def inet_aton(text: str) -> ipaddress.IPv4Address | None:
 def parse_host(host: str) -> Address | None:
     """The address a URL's host names literally (any IPv6 or inet_aton spelling; a
     name for this machine or the metadata service), or None for a DNS name."""
-    name = host.strip().rstrip(".").lower()
+    name = host.strip()
     if name.startswith("[") and name.endswith("]"):
         name = name[1:-1]
+    if not name.isascii():
+        # What the resolver is handed (Python encodes names with IDNA, which folds
+        # full-width digits and ideographic full stops: "１２７。０。０。１" is 127.0.0.1).
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return None
+    name = name.rstrip(".").lower()
     if name in _LOCAL_NAMES:
         return _LOCAL_NAMES[name]
     if name.endswith(".localhost"):
@@ -195,6 +203,11 @@ def url_problem(url: str, allowed: Sequence[Network] = (), *, hint: str = "") ->
         return "has no host"
     if any(char in _C_SPACE for char in host):
         return "has white space in its host"
+    if not host.isascii():
+        try:
+            host.encode("idna")
+        except UnicodeError:
+            return "has a host that is not a valid internationalized name"
     address = parse_host(host)
     if address is None:
         return None

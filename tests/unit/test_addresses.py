@@ -97,9 +97,19 @@ def test_every_spelling_of_a_non_public_address_is_refused_in_a_url(text: str) -
 @pytest.mark.parametrize("host", ["127.1", "0177.0.0.1", "10.1", "100.64.0.1", "0x7f.1",
                                   "2130706433", "0", "169.254.169.254", "198.51.100.1",
                                   "[::ffff:127.0.0.1]", "[::1]", "[fe80::1%25eth0]",
-                                  "[2002:a9fe:a9fe::1]", "localhost"])
+                                  "[2002:a9fe:a9fe::1]", "localhost",
+                                  "\uff11\uff12\uff17.\uff10.\uff10.\uff11",  # full width
+                                  "127\u30020\u30020\u30021"])  # ideographic full stops
 def test_the_issue_spellings_are_refused(host: str) -> None:
     assert url_problem(f"http://{host}/d") is not None
+
+
+def test_a_unicode_spelling_is_read_as_the_resolver_is_handed_it() -> None:
+    host = "\uff11\uff12\uff17.\uff10.\uff10.\uff11"
+    (info, *_) = socket.getaddrinfo(host, 80, type=socket.SOCK_STREAM)
+    assert info[4][0] == "127.0.0.1"  # what kaito fetch would connect to
+    assert parse_host(host) == ipaddress.IPv4Address("127.0.0.1")
+    assert url_problem("http://b\u00fccher.example/d") is None
 
 
 def test_parse_host_leaves_dns_names_to_the_resolver() -> None:
