@@ -104,6 +104,50 @@ def _install_webhook(kubectl: Kubectl, directory: Path, logs: Path) -> None:
     print(f"webhook: https://127.0.0.1:{port} (pid {process.pid}, log {logs / 'webhook.log'})")
 
 
+def _start_controller(directory: Path, logs: Path) -> None:
+    """The Workspace controller, as `kaito controller` runs it in the operator's pod."""
+    process = _start_detached(
+        [sys.executable, "-m", "controller", "--kubeconfig", str(directory / "kubeconfig"),
+         "--no-leader-elect", "--bind-host", "127.0.0.1", "--port", str(free_port()),
+         "--log-format", "text"],
+        logs / "controller.log",
+    )
+    devcli.add_process(directory, "controller", process.pid)
+    print(f"controller: pid {process.pid}, log {logs / 'controller.log'}")
+
+
+def _label_node_for_seed(kubectl: Kubectl) -> None:
+    """Bring-your-own: the dev cluster's kwok GPU node gets the seed's labelSelector, so
+    it stands in for the node a provisioner would add for the workspace's NodeClaim."""
+    nodes = json.loads(kubectl("get", "nodes", "-l", "type=kwok", "-o", "json").stdout)["items"]
+    if nodes:
+        name = nodes[0]["metadata"]["name"]
+        kubectl("label", "node", name, "app=tuning-phi-3", "--overwrite")
+        kubectl("taint", "node", name, "sku=gpu:NoSchedule", "--overwrite")
+        print(f"node {name}: labelled app=tuning-phi-3, tainted sku=gpu:NoSchedule")
+
+
+def _follow_workspace(kubectl: Kubectl) -> None:
+    """Watch the seed workspace go from applied to serving, as the seed document shows."""
+    _step("kubectl get workspace workspace-tuning-phi-3 (the controller at work)")
+
+    def ready() -> bool:
+        got = json.loads(kubectl("get", "workspace", "workspace-tuning-phi-3", "-o",
+                                 "json").stdout)
+        return any(c["type"] == "WorkspaceReady" and c["status"] == "True"
+                   for c in (got.get("status") or {}).get("conditions") or [])
+
+    try:
+        _wait("WorkspaceReady", ready, 120)
+    except TimeoutError:
+        print("the workspace is not ready yet; its conditions:")
+    print(kubectl("get", "workspace", "workspace-tuning-phi-3").stdout.rstrip())
+    print(kubectl("get", "jobs,deployments,services", "-l",
+                  "kaito.sh/workspace=workspace-tuning-phi-3").stdout.rstrip())
+    print(kubectl("describe", "workspace", "workspace-tuning-phi-3").stdout.split("Events:")[-1]
+          .rstrip())
+
+
 def _seed_and_rejection(kubectl: Kubectl) -> None:
     _step("kubectl apply -f examples/fine-tuning/kaito_workspace_tuning_phi_3.yaml")
     # The API server picks up new webhook configurations from an informer: retry briefly.
@@ -181,11 +225,18 @@ def run(args: argparse.Namespace) -> int:
         print("webhook already running")
     else:
         _install_webhook(kubectl, args.dir, Path(str(state["logs"])))
+    _step("workspace controller (NodeClaims, tuning Job, serving workload, status)")
+    if isinstance(pids, dict) and "controller" in pids and state.get("is_reused"):
+        print("controller already running")
+    else:
+        _start_controller(args.dir, Path(str(state["logs"])))
+    _label_node_for_seed(kubectl)
     _seed_and_rejection(kubectl)
+    _follow_workspace(kubectl)
 
     if not args.no_serve:
         _serve_and_chat(args.dir, args.prompt)
 
-    print(f"\nThe cluster and webhook keep running. export KUBECONFIG={kubeconfig}")
+    print(f"\nThe cluster, webhook and controller keep running. export KUBECONFIG={kubeconfig}")
     print("Stop them with: make demo-down")
     return 0
