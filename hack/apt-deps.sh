@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test tiers use, only when missing:
-# docker-registry (a real OCI registry on loopback) and apache2-utils (htpasswd for its
-# basic auth).
+# docker-registry (a real OCI registry on loopback), apache2-utils (htpasswd for its
+# basic auth) and prometheus (the server and promtool: the observability test scrapes the
+# controller with a real Prometheus and checks the alert rules with promtool).
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
+{ command -v prometheus && command -v promtool; } >/dev/null || need+=(prometheus)
 [ ${#need[@]} -eq 0 ] && exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
