@@ -63,7 +63,7 @@ from controller.workspace.workload import (
     owner_reference,
     workspace_labels,
 )
-from crds.workspace import Workspace
+from crds.workspace import CONDITION_INFERENCE_READY, CONDITION_WORKSPACE_READY, Workspace
 from presets.catalog import Catalog
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,9 @@ DESIRED_HASH_ANNOTATION = "workspace.kaito.sh/desired-hash"
 # Upstream releases the nodes after tuning; here the adapter is served unless this is "false".
 SERVE_AFTER_TUNING_ANNOTATION = "kaito.sh/serve-after-tuning"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+_WAITING_REASONS = frozenset({
+    "TuningInProgress", "JobNotCreated", "JobPending", "NodeClaimNotReady",
+    "WorkloadNotCreated", "InferenceNotReady"})
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class WorkspaceReconciler:
         self._settings = settings or WorkspaceSettings()
         self._progress = progress or ProgressReader(self._settings.workload.progress_port)
         self._last_progress_read: dict[str, float] = {}
+        # key -> the resourceVersion our last write of that workspace replaced
+        self._superseded: dict[str, str] = {}
         self._metrics = metrics
         self._claims_resource = MACHINES if self._settings.use_machines else NODECLAIMS
         self.writes = 0  # API writes made, for tests and the benchmark
@@ -159,8 +164,14 @@ class WorkspaceReconciler:
         obj = self._informers.workspaces.cache.get(request.key)
         if obj is None:
             self._last_progress_read.pop(request.key, None)
+            self._superseded.pop(request.key, None)
             return Result()
         ws = Workspace.model_validate(obj)
+        if self._superseded.get(request.key) == ws.metadata.resource_version:
+            # Our own write of this workspace is not in the cache yet: acting on the older
+            # copy would only repeat it (a 409). Its watch event brings the next pass.
+            return Result()
+        self._superseded.pop(request.key, None)
         if ws.metadata.deletion_timestamp:
             return await self._finalize(ws, obj)
         revision = revision_hash(ws)
@@ -240,7 +251,7 @@ class WorkspaceReconciler:
             ws, obj, status_plan, target=target, workers=node_plan.worker_nodes,
             tuning=tuning_status)
         if changed:
-            await self._record_transitions(ws, obj, status_plan)
+            await self._record_transitions(obj, status_plan)
         if requeue is not None:
             return Result(requeue_after_seconds=requeue)
         return Result()
@@ -392,6 +403,13 @@ class WorkspaceReconciler:
         metadata = obj.get("metadata") or {}
         self.writes += 1
         await self._client.patch(WORKSPACES, metadata["name"], patch, metadata.get("namespace"))
+        self._note_superseded(obj)
+
+    def _note_superseded(self, obj: KubeObject) -> None:
+        metadata = obj.get("metadata") or {}
+        key = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        if metadata.get("resourceVersion"):
+            self._superseded[key] = str(metadata["resourceVersion"])
 
     # -- status --------------------------------------------------------------------------
 
@@ -449,20 +467,34 @@ class WorkspaceReconciler:
         self.writes += 1
         # A Conflict means a newer workspace is on its way: the retry reads it.
         await self._client.replace_status(WORKSPACES, body)
+        self._note_superseded(obj)
         if self._metrics is not None:
             self._metrics.observe_transitions(obj, current.get("conditions") or [],
                                               status["conditions"])
         return True
 
-    async def _record_transitions(self, ws: Workspace, obj: KubeObject, plan: StatusPlan) -> None:
-        for condition_type, verdict in plan.conditions.items():
-            event_type = NORMAL if verdict.status == "True" else WARNING
-            if verdict.status == "False" and verdict.reason in (
-                    "TuningInProgress", "JobNotCreated", "JobPending", "NodeClaimNotReady",
-                    "WorkloadNotCreated", "InferenceNotReady"):
-                continue  # waiting is not news
-            await self._recorder.record(obj, event_type, verdict.reason,
-                                        f"{condition_type}: {verdict.message}")
+    async def _record_transitions(self, obj: KubeObject, plan: StatusPlan) -> None:
+        """An Event for each condition whose status or reason changed in this pass.
+
+        Waiting is not news; WorkspaceReady=False only repeats another condition's reason;
+        and when WorkspaceReady turns True, InferenceReady turning True in the same pass is
+        folded into it (one Event per step, not per condition)."""
+        before = {c.get("type"): (c.get("status"), c.get("reason"))
+                  for c in (obj.get("status") or {}).get("conditions") or []}
+        changed = {kind: verdict for kind, verdict in plan.conditions.items()
+                   if before.get(kind) != (verdict.status, verdict.reason)}
+        ready = changed.get(CONDITION_WORKSPACE_READY)
+        for condition_type, verdict in changed.items():
+            if verdict.status == "False" and (
+                    verdict.reason in _WAITING_REASONS
+                    or condition_type == CONDITION_WORKSPACE_READY):
+                continue
+            if (condition_type == CONDITION_INFERENCE_READY and verdict.status == "True"
+                    and ready is not None and ready.status == "True"):
+                continue
+            await self._recorder.record(
+                obj, NORMAL if verdict.status == "True" else WARNING, verdict.reason,
+                f"{condition_type}: {verdict.message}")
 
     # -- deletion ------------------------------------------------------------------------
 

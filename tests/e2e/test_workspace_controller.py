@@ -406,7 +406,7 @@ def test_two_hundred_workspaces_converge(
     per_workspace = (controller.api_writes() - writes_before) / count
     print(f"{count} workspaces ready in {elapsed:.1f} s; "
           f"{per_workspace:.2f} API writes per workspace (Events included)")
-    assert per_workspace <= 12
+    assert per_workspace <= 8  # the benchmark goal of the bench issue
 
 
 def test_killed_controller_converges_without_duplicates(
