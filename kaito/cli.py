@@ -17,6 +17,8 @@ from kaito import __version__
 # Subcommands that hand the rest of the command line to a component's own main().
 _COMPONENTS = {
     "controller": ("controller.__main__", "run the Workspace controller manager"),
+    "provisioner": ("controller.provisioning.__main__",
+                    "run the GPU node provisioner (NodeClaims become nodes)"),
     "webhook": ("webhook.__main__", "run the admission webhook server"),
     "serve": ("runtime.serving.__main__", "run the inference server (inside a pod)"),
     "tune": ("runtime.tuning.__main__", "run LoRA/QLoRA tuning (inside a pod)"),

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Callable
 
 from pydantic import ValidationError
@@ -78,11 +79,13 @@ def make_setup(options: ProvisionerSettings) -> Callable[[Manager, ControllerSet
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        settings, options = load(list(argv or []))
+        settings, options = load(list(sys.argv[1:] if argv is None else argv))
     except ValidationError as exc:
         print(f"invalid settings: {exc}")
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    # The Azure SDK logs every HTTP request at INFO; our own logs say what matters.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     log.info("starting provisioner", extra={
         "identity": settings.leader_election.identity, "backend": options.backend,
         "workers": settings.workers, "leader_election": settings.leader_election.enabled})
@@ -94,6 +97,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(main())

@@ -168,11 +168,11 @@ class AksBackend:
     def _where(self) -> tuple[str, str]:
         return self._settings.resource_group, self._settings.cluster_name
 
-    async def launch(self, claim: Claim, sku: GpuSku) -> LaunchOutcome:
+    async def launch(self, claim: Claim, sku: GpuSku, *, wait_seconds: float) -> LaunchOutcome:
         pool_name = agent_pool_name(claim.name)
         group, cluster = self._where()
         pools = self._client.agent_pools
-        wait_seconds = self._settings.max_operation_wait_seconds
+        wait_seconds = max(0.1, min(wait_seconds, self._settings.max_operation_wait_seconds))
         try:
             try:
                 pool = await pools.get(group, cluster, pool_name)

@@ -56,8 +56,9 @@ class CloudUnavailable(Exception):
 class Backend(Protocol):
     name: str
 
-    async def launch(self, claim: Claim, sku: GpuSku) -> LaunchOutcome:
-        """Make (or find) the claim's capacity; idempotent for the same claim."""
+    async def launch(self, claim: Claim, sku: GpuSku, *, wait_seconds: float) -> LaunchOutcome:
+        """Make (or find) the claim's capacity; idempotent for the same claim. Waits on
+        the cloud at most `wait_seconds` (what is left of the launch time-out)."""
 
     async def delete(self, claim: Claim) -> bool:
         """Remove the claim's capacity; True once it is gone."""

@@ -204,10 +204,12 @@ def node_sync_patch(claim: Claim, node: Mapping[str, Any]) -> dict[str, Any] | N
     missing_taints = [t for t in wanted_taints if taint_key(t) not in have_keys]
     if not missing_labels and not missing_taints:
         return None
-    patch: dict[str, Any] = {"metadata": {"resourceVersion": metadata.get("resourceVersion")}}
+    patch: dict[str, Any] = {"metadata": {}}
     if missing_labels:
-        patch["metadata"]["labels"] = missing_labels
+        patch["metadata"]["labels"] = missing_labels  # a map merge: no race to guard
     if missing_taints:
+        # The taint list is replaced whole: only against the version it was read from.
+        patch["metadata"]["resourceVersion"] = metadata.get("resourceVersion")
         patch["spec"] = {"taints": have_taints + missing_taints}
     return patch
 

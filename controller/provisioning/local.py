@@ -71,7 +71,7 @@ class LocalBackend:
         if self._metrics is not None:
             self._metrics.count_call(method, code)
 
-    async def launch(self, claim: Claim, sku: GpuSku) -> LaunchOutcome:
+    async def launch(self, claim: Claim, sku: GpuSku, *, wait_seconds: float) -> LaunchOutcome:
         try:
             await self._client.create(NODES, build_kwok_node(claim, sku))
             self._count("POST", "201")

@@ -86,6 +86,14 @@ class ClaimReconciler:
         claim = parse_claim(obj)
         if not claim.is_ours:
             return Result()
+        if not claim.is_deleting and not claim.is_true(LAUNCHED):
+            # A launch decision is a cloud call: make it on the claim as stored, not on a
+            # cache that may not show yet what the previous pass wrote (a refusal, say).
+            try:
+                obj = await self._client.get(self._resource, claim.name)
+            except NotFound:
+                return Result()
+            claim = parse_claim(obj)
         if claim.is_deleting:
             return await self._finalize(claim, obj)
         if FINALIZER not in claim.finalizers:
@@ -117,8 +125,11 @@ class ClaimReconciler:
         if _status(conditions, LAUNCHED) != "True":
             created = claim.created_at or now
             if now - created > settings.launch_timeout_seconds:
-                return await self._time_out(claim, obj, conditions, LAUNCHED, "LaunchTimeout",
-                                            f"no capacity after {settings.launch_timeout_seconds:.0f} s")
+                last = (_condition(conditions, LAUNCHED) or {}).get("message")
+                return await self._time_out(
+                    claim, obj, conditions, LAUNCHED, "LaunchTimeout",
+                    f"not launched after {settings.launch_timeout_seconds:.0f} s"
+                    + (f" (last: {last})" if last else ""))
             sku = self._catalog.sku(claim.instance_type or "")
             if sku is None:
                 conditions = with_condition(
@@ -127,7 +138,8 @@ class ClaimReconciler:
                 await self._events.record(obj, WARNING, "InstanceTypeUnknown",
                                           f"unknown instance type {claim.instance_type!r}")
                 return _Step(conditions, Result())
-            outcome = await self._backend.launch(claim, sku)
+            outcome = await self._backend.launch(
+                claim, sku, wait_seconds=settings.launch_timeout_seconds - (now - created))
             if isinstance(outcome, Pending):
                 conditions = with_condition(conditions, LAUNCHED, "Unknown", outcome.reason,
                                             outcome.message, now)
@@ -217,9 +229,12 @@ class ClaimReconciler:
                 await self._client.delete(NODES, str(name))
             except NotFound:
                 pass
-        await self._client.patch(self._resource, claim.name, {"metadata": {
-            "finalizers": [f for f in claim.finalizers if f != FINALIZER],
-            "resourceVersion": claim.resource_version}})
+        try:
+            await self._client.patch(self._resource, claim.name, {"metadata": {
+                "finalizers": [f for f in claim.finalizers if f != FINALIZER],
+                "resourceVersion": claim.resource_version}})
+        except NotFound:
+            return Result()  # finalized by an earlier pass the cache had not shown yet
         log.info("nodeclaim finalized", extra={"nodeclaim": claim.name})
         self._events.forget(claim.uid)
         return Result()

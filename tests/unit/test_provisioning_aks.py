@@ -92,7 +92,7 @@ def arm(tmp_path: Path) -> Iterator[Harness]:
 async def _launch_until_done(backend: AksBackend, claim: Claim, tries: int = 40) -> Any:
     outcome: Any = None
     for _ in range(tries):
-        outcome = await backend.launch(claim, _sku())
+        outcome = await backend.launch(claim, _sku(), wait_seconds=60)
         if not isinstance(outcome, Pending):
             return outcome
         await asyncio.sleep(outcome.retry_after_seconds)
@@ -105,7 +105,7 @@ async def test_create_waits_for_the_pool_and_its_node_then_delete_removes_it(
     backend = arm.backend()
     claim = _claim()
     try:
-        outcome = await backend.launch(claim, _sku())
+        outcome = await backend.launch(claim, _sku(), wait_seconds=60)
         assert isinstance(outcome, Launched), outcome
         pool = arm.server.pools[agent_pool_name(claim.name)]
         assert pool.state == "Succeeded"
@@ -136,7 +136,7 @@ async def test_quota_exceeded_is_a_refusal_with_arm_s_message_and_one_call(
     arm.server.faults.refuse_at_put[SKU] = ("QuotaExceeded", message)
     backend = arm.backend()
     try:
-        outcome = await backend.launch(_claim(), _sku())
+        outcome = await backend.launch(_claim(), _sku(), wait_seconds=60)
         assert outcome == LaunchFailed("QuotaExceeded", message)
         assert arm.server.count("PUT") == 1  # the SDK does not retry a 400
         assert arm.calls("400") == 1
@@ -150,12 +150,12 @@ async def test_allocation_failure_at_the_end_of_the_operation_is_a_refusal(
     arm.server.faults.fail_operation[SKU] = ("AllocationFailed", "no capacity in eastus")
     backend = arm.backend()
     try:
-        outcome = await backend.launch(_claim(), _sku())
+        outcome = await backend.launch(_claim(), _sku(), wait_seconds=60)
         assert isinstance(outcome, LaunchFailed)
         assert outcome.reason == "AllocationFailed"
         assert "no capacity" in outcome.message
         # The next pass finds the failed pool and reports it; no second PUT.
-        again = await backend.launch(_claim(), _sku())
+        again = await backend.launch(_claim(), _sku(), wait_seconds=60)
         assert isinstance(again, LaunchFailed)
         assert arm.server.count("PUT") == 1
     finally:
@@ -167,7 +167,7 @@ async def test_a_429_retry_after_is_honoured_by_the_sdk(arm: Harness) -> None:
     arm.server.faults.throttle_retry_after_seconds = 2
     backend = arm.backend()
     try:
-        outcome = await backend.launch(_claim(), _sku())
+        outcome = await backend.launch(_claim(), _sku(), wait_seconds=60)
         assert isinstance(outcome, Launched), outcome
         first, second = arm.server.calls[0], arm.server.calls[1]
         assert (first.status, second.method) == (429, "GET")
@@ -183,7 +183,7 @@ async def test_throttling_past_the_sdk_retries_is_pending_with_retry_after(
     arm.server.faults.throttle_retry_after_seconds = 0
     backend = arm.backend()
     try:
-        outcome = await backend.launch(_claim(), _sku())
+        outcome = await backend.launch(_claim(), _sku(), wait_seconds=60)
         assert isinstance(outcome, Pending) and outcome.reason == "Throttled"
         assert arm.server.count("PUT") == 0
     finally:
@@ -198,7 +198,7 @@ async def test_a_connection_dropped_mid_operation_recovers_on_the_next_pass(
     claim = _claim()
     try:
         with pytest.raises(CloudUnavailable):
-            await backend.launch(claim, _sku())
+            await backend.launch(claim, _sku(), wait_seconds=60)
         arm.server.faults.drop_polls = 0
         outcome = await _launch_until_done(backend, claim)
         assert isinstance(outcome, Launched), outcome
@@ -213,7 +213,7 @@ async def test_a_restarted_backend_finds_the_pool_it_started(arm: Harness) -> No
     first = arm.backend(max_operation_wait_seconds=0.3)
     claim = _claim()
     try:
-        outcome = await first.launch(claim, _sku())
+        outcome = await first.launch(claim, _sku(), wait_seconds=60)
         assert isinstance(outcome, Pending) and outcome.reason == "Creating"
     finally:
         await first.close()

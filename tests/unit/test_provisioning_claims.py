@@ -82,7 +82,7 @@ def test_registration_puts_missing_labels_and_taints_on_the_node() -> None:
             "spec": {"taints": [{"key": "other", "effect": "NoExecute"}]}}
     patch = node_sync_patch(claim, node)
     assert patch is not None
-    assert patch["metadata"]["resourceVersion"] == "3"
+    assert patch["metadata"]["resourceVersion"] == "3"  # the taint list is compared-and-swapped
     assert patch["metadata"]["labels"] == {
         "karpenter.sh/nodepool": "kaito", "kubernetes.io/os": "linux",
         NODECLAIM_LABEL: claim.name, "node.kubernetes.io/instance-type": "Standard_NC12s_v3",
@@ -94,6 +94,8 @@ def test_registration_puts_missing_labels_and_taints_on_the_node() -> None:
                                       **patch["metadata"]["labels"]}},
               "spec": patch["spec"]}
     assert node_sync_patch(claim, synced) is None
+    labels_only = node_sync_patch(claim, {**synced, "metadata": {"resourceVersion": "4"}})
+    assert labels_only is not None and "resourceVersion" not in labels_only["metadata"]
 
 
 def test_the_kwok_node_has_the_sku_s_gpus_labels_and_taints() -> None:

@@ -1,0 +1,164 @@
+"""What the provisioner's cluster tests share: the provisioner as a process running as its
+own ServiceAccount (a token kubeconfig, the shipped RBAC), NodeClaims, polling helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kaito.devcluster import LocalCluster
+from kaito.devcluster.process import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "kaito-system"
+SERVICE_ACCOUNT = "kaito-gpu-provisioner"
+GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
+
+
+def get(cluster: LocalCluster, *args: str) -> Any:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def wait_for(what: str, check: Callable[[], Any], *, timeout: float = 120,
+             interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def condition(obj: dict[str, Any] | None, condition_type: str) -> dict[str, Any] | None:
+    for found in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if found.get("type") == condition_type:
+            return dict(found)
+    return None
+
+
+def is_true(obj: dict[str, Any] | None, condition_type: str) -> bool:
+    found = condition(obj, condition_type)
+    return found is not None and found.get("status") == "True"
+
+
+def node_claim(name: str, instance_type: str = "Standard_NC6s_v3",
+               labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """A NodeClaim shaped like the ones the Workspace controller makes."""
+    return {
+        "apiVersion": "karpenter.sh/v1", "kind": "NodeClaim",
+        "metadata": {"name": name, "labels": {"karpenter.sh/nodepool": "kaito",
+                                              **(labels or {})}},
+        "spec": {
+            "requirements": [
+                {"key": "node.kubernetes.io/instance-type", "operator": "In",
+                 "values": [instance_type]},
+                {"key": "karpenter.sh/nodepool", "operator": "In", "values": ["kaito"]},
+                {"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]}],
+            "taints": [GPU_TAINT],
+            "resources": {"requests": {"storage": "120Gi"}},
+            "nodeClassRef": {"group": "kaito.sh", "kind": "KaitoNodeClass", "name": "default"},
+        },
+    }
+
+
+def install(cluster: LocalCluster, workdir: Path) -> Path:
+    """CRDs, the provisioner's ServiceAccount and RBAC as shipped; a kubeconfig with
+    that ServiceAccount's token (so the provisioner has exactly its RBAC)."""
+    cluster.kubectl("apply", "-f", str(REPO / "config" / "crd" / "bases"))
+    if get(cluster, "namespace", NAMESPACE) is None:
+        cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl("apply", "-f", str(REPO / "config" / "rbac" / "provisioner_role.yaml"))
+    token = cluster.kubectl("create", "token", SERVICE_ACCOUNT, "-n", NAMESPACE,
+                            "--duration", "2h").stdout.strip()
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": cluster.server, "certificate-authority": str(cluster.ca_path)}}],
+        "users": [{"name": SERVICE_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": SERVICE_ACCOUNT}}],
+        "current-context": "e2e",
+    }
+    path = workdir / "provisioner.kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+class ProvisionerProcess:
+    """`python -m controller.provisioning` as a process: restartable, killable, scrapable."""
+
+    def __init__(self, kubeconfig: Path, log_path: Path, *, args: list[str],
+                 env: dict[str, str] | None = None) -> None:
+        self.kubeconfig, self.log_path = kubeconfig, log_path
+        self.args, self.env = args, env or {}
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "controller.provisioning", "--kubeconfig",
+                 str(self.kubeconfig), "--port", str(self.port), "--bind-host", "127.0.0.1",
+                 "--log-format", "text", *self.args],
+                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        wait_for("the provisioner's /readyz", self._is_ready, timeout=60)
+
+    def _is_ready(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, (
+            self.log_path.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def stop(self) -> int | None:
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        self.process = None
+        return code
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def metric(self, name: str, **labels: str) -> float:
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            if all(f'{key}="{value}"' in line for key, value in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def tail(self) -> str:
+        return self.log_path.read_text()[-5000:]
+
+
+def delete_claims(cluster: LocalCluster, names: list[str], timeout: float = 60) -> None:
+    for name in names:
+        cluster.kubectl("delete", "nodeclaim", name, "--wait=false", check=False)
+    wait_for("the claims gone", lambda: not any(
+        get(cluster, "nodeclaim", name) for name in names), timeout=timeout)
