@@ -71,7 +71,8 @@ def make_setup(options: ProvisionerSettings) -> Callable[[Manager, ControllerSet
             settings=LifecycleSettings(
                 launch_timeout_seconds=options.launch_timeout_seconds,
                 registration_timeout_seconds=options.registration_timeout_seconds,
-                recheck_seconds=options.recheck_seconds))
+                recheck_seconds=options.recheck_seconds,
+                unavailable_offering_seconds=options.unavailable_offering_seconds))
         return backend.close
 
     return setup

@@ -42,6 +42,7 @@ from controller.provisioning.claims import (
     with_ready,
 )
 from controller.provisioning.metrics import ProvisioningMetrics
+from controller.provisioning.offerings import UnavailableOfferings
 from controller.reconcile import Request, Result
 from presets.catalog import Catalog
 
@@ -53,6 +54,7 @@ class LifecycleSettings:
     launch_timeout_seconds: float = 900.0
     registration_timeout_seconds: float = 900.0
     recheck_seconds: float = 5.0
+    unavailable_offering_seconds: float = 180.0
 
 
 class ClaimReconciler:
@@ -63,7 +65,9 @@ class ClaimReconciler:
         catalog: Catalog, backend: Backend, events: EventRecorder,
         metrics: ProvisioningMetrics, settings: LifecycleSettings | None = None,
         clock: Callable[[], float] = time.time,
+        offerings: UnavailableOfferings | None = None,
     ) -> None:
+        self._offerings = offerings or UnavailableOfferings(0)
         self._client = client
         self._resource = resource
         self._claims = claims
@@ -138,7 +142,8 @@ class ClaimReconciler:
                 await self._events.record(obj, WARNING, "InstanceTypeUnknown",
                                           f"unknown instance type {claim.instance_type!r}")
                 return _Step(conditions, Result())
-            outcome = await self._backend.launch(
+            remembered = self._offerings.refusal(sku.name)
+            outcome = remembered or await self._backend.launch(
                 claim, sku, wait_seconds=settings.launch_timeout_seconds - (now - created))
             if isinstance(outcome, Pending):
                 conditions = with_condition(conditions, LAUNCHED, "Unknown", outcome.reason,
@@ -147,6 +152,8 @@ class ClaimReconciler:
                     requeue_after_seconds=min(outcome.retry_after_seconds,
                                               settings.launch_timeout_seconds)))
             if isinstance(outcome, LaunchFailed):
+                if remembered is None:
+                    self._offerings.remember(sku.name, outcome)
                 log.warning("launch refused", extra={
                     "nodeclaim": claim.name, "reason": outcome.reason,
                     "error": outcome.message})

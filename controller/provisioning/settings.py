@@ -49,6 +49,8 @@ class ProvisionerSettings(BaseSettings):
     registration_timeout_seconds: float = Field(default=900.0, gt=0)
     # How often a claim waiting on the cloud or on its node is looked at again.
     recheck_seconds: float = Field(default=5.0, gt=0)
+    # An instance type refused for quota or capacity is not asked for again this long.
+    unavailable_offering_seconds: float = Field(default=180.0, ge=0)
     azure: AzureSettings = AzureSettings()
 
     @model_validator(mode="after")

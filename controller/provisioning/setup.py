@@ -18,6 +18,7 @@ from controller.manager import Manager
 from controller.provisioning.backend import Backend
 from controller.provisioning.claims import NODECLAIM_LABEL
 from controller.provisioning.metrics import ProvisioningMetrics
+from controller.provisioning.offerings import UnavailableOfferings
 from controller.provisioning.reconciler import ClaimReconciler, LifecycleSettings
 from crds.karpenter import NODEPOOL_LABEL, NODEPOOL_NAME
 from presets.catalog import Catalog, load_catalog
@@ -44,6 +45,8 @@ def setup_provisioner(
     metrics = ProvisioningMetrics(manager.metrics.registry, backend_name)
     backend = backend_factory(find_node, metrics)
     events = EventRecorder(manager.client, REPORTING_CONTROLLER, identity)
+    lifecycle = settings or LifecycleSettings()
+    offerings = UnavailableOfferings(lifecycle.unavailable_offering_seconds)
     kinds = [(NODECLAIMS, "nodeclaim")] + ([(MACHINES, "machine")] if use_machines else [])
     informers: list[Informer] = []
     controllers = []
@@ -52,7 +55,7 @@ def setup_provisioner(
         informers.append(claims)
         reconciler = ClaimReconciler(manager.client, resource, claims, nodes,
                                      catalog or load_catalog(), backend, events, metrics,
-                                     settings)
+                                     lifecycle, offerings=offerings)
         controller = Controller(name, reconciler, workers=workers, metrics=manager.metrics)
         controller.watch(claims, enqueue_object)
         controller.watch(nodes, enqueue_by_labels(NODECLAIM_LABEL))

@@ -137,8 +137,17 @@ def test_quota_exceeded_is_a_claim_condition_without_a_retry_storm(aks: Aks) -> 
     events = get(aks.cluster, "events.events.k8s.io", "-A",
                  "--field-selector", f"regarding.name={name}")["items"]
     assert any(e["reason"] == "QuotaExceeded" for e in events)
+    # Its owner deletes the refused claim and makes a new one at once: the provisioner
+    # remembers the refusal for this VM size and does not ask ARM again.
     delete_claims(aks.cluster, [name])
     del aks.server.faults.refuse_at_put["Standard_NC24s_v3"]
+    aks.cluster.apply(node_claim(name, "Standard_NC24s_v3"))
+    again = wait_for("Launched=False again", lambda: (
+        (found := condition(get(aks.cluster, "nodeclaim", name), "Launched"))
+        and found["status"] == "False" and found), timeout=60)
+    assert again["reason"] == "QuotaExceeded"
+    assert aks.puts_for(name) == 1
+    delete_claims(aks.cluster, [name])
 
 
 def test_throttling_and_a_dropped_connection_mid_operation_are_recovered(aks: Aks) -> None:

@@ -107,6 +107,49 @@ def test_a_claim_becomes_a_ready_gpu_node_and_deleting_it_removes_the_node(
     wait_for("the claim gone", lambda: get(cluster, "nodeclaim", name) is None, timeout=60)
 
 
+def test_a_claim_whose_node_is_deleted_is_deleted_too(
+    cluster: LocalCluster, provisioner: ProvisionerProcess,
+) -> None:
+    name = "claim-local-lost-node"
+    cluster.apply(node_claim(name))
+    claim = wait_for("the claim Ready", lambda: (
+        (obj := get(cluster, "nodeclaim", name)) and is_true(obj, "Ready") and obj), timeout=90)
+    cluster.kubectl("delete", "node", claim["status"]["nodeName"], "--wait=false")
+    wait_for("the claim gone", lambda: get(cluster, "nodeclaim", name) is None, timeout=60)
+
+
+USER = "system:serviceaccount:kaito-system:kaito-gpu-provisioner"
+
+
+@pytest.mark.parametrize(("verb", "resource", "namespace", "allowed"), [
+    ("watch", "nodeclaims.karpenter.sh", "", True),
+    ("update", "nodeclaims.karpenter.sh/status", "", True),
+    ("delete", "machines.karpenter.sh", "", True),
+    ("create", "nodeclaims.karpenter.sh", "", False),
+    ("update", "nodeclaims.karpenter.sh", "", False),
+    ("create", "nodes", "", True),
+    ("patch", "nodes", "", True),
+    ("update", "nodes/status", "", False),
+    ("update", "leases.coordination.k8s.io", "kaito-system", True),
+    ("update", "leases.coordination.k8s.io", "default", False),
+    ("create", "events.events.k8s.io", "default", True),
+    ("get", "secrets", "kaito-system", False),
+    ("list", "pods", "default", False),
+    ("get", "workspaces.kaito.sh", "default", False),
+])
+def test_its_service_account_may_do_only_what_it_uses(
+    cluster: LocalCluster, provisioner: ProvisionerProcess, verb: str, resource: str,
+    namespace: str, allowed: bool,
+) -> None:
+    scope = ["-n", namespace] if namespace else []
+    resource, _, subresource = resource.partition("/")  # "x/status" would name an object
+    if subresource:
+        scope.append(f"--subresource={subresource}")
+    result = cluster.kubectl("auth", "can-i", "--as", USER, verb, resource, *scope,
+                             check=False)
+    assert (result.stdout.strip() == "yes") is allowed
+
+
 def test_an_unknown_instance_type_is_a_launch_condition(
     cluster: LocalCluster, provisioner: ProvisionerProcess,
 ) -> None:

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from controller.provisioning.agentpool import build_agent_pool
+from controller.provisioning.backend import LaunchFailed
 from controller.provisioning.claims import (
     NODECLAIM_LABEL,
     node_sync_patch,
@@ -17,6 +18,7 @@ from controller.provisioning.claims import (
     with_ready,
 )
 from controller.provisioning.local import build_kwok_node
+from controller.provisioning.offerings import UnavailableOfferings
 from controller.provisioning.settings import ProvisionerSettings
 from presets.catalog import load_catalog
 
@@ -136,3 +138,15 @@ def test_the_aks_backend_needs_its_cluster(monkeypatch: pytest.MonkeyPatch) -> N
     settings = ProvisionerSettings(backend="aks")
     assert settings.azure.cluster_name == "c"
     assert ProvisionerSettings(backend="local").backend == "local"
+
+
+def test_a_capacity_refusal_is_remembered_for_its_instance_type_until_it_expires() -> None:
+    now = [0.0]
+    offerings = UnavailableOfferings(180, clock=lambda: now[0])
+    quota = LaunchFailed("QuotaExceeded", "no cores")
+    offerings.remember("Standard_NC6s_v3", quota)
+    offerings.remember("Standard_NC12s_v3", LaunchFailed("InvalidParameter", "bad"))
+    assert offerings.refusal("standard_nc6s_v3") == quota
+    assert offerings.refusal("Standard_NC12s_v3") is None  # not a capacity answer
+    now[0] = 180.0
+    assert offerings.refusal("Standard_NC6s_v3") is None
