@@ -25,6 +25,7 @@ _COMPONENTS = {
     "fetch": ("runtime.fetch", "download tuning data URLs into a folder (inside a pod)"),
     "fetch-model": ("runtime.fetch_model", "download a model from Hugging Face (inside a pod)"),
     "pull-adapter": ("runtime.adapter_pull", "pull a LoRA adapter OCI artifact (inside a pod)"),
+    "dashboard": ("kaito.dashboard", "print (or --write) the generated Grafana dashboard"),
 }
 
 
