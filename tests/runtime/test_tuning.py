@@ -42,8 +42,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _write_config(path: Path, training: dict[str, Any], dataset: dict[str, Any]) -> Path:
-    document = {
+def _write_config(path: Path, training: dict[str, Any], dataset: dict[str, Any],
+                  quantization: dict[str, Any] | None = None) -> Path:
+    document: dict[str, Any] = {
         "training_config": {
             # No torch_dtype: the runtime picks what this CPU computes fast.
             "LoraConfig": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
@@ -56,6 +57,9 @@ def _write_config(path: Path, training: dict[str, Any], dataset: dict[str, Any])
             "DatasetConfig": {"train_test_split": 0.9, "max_seq_length": 256, **dataset},
         }
     }
+    if quantization is not None:
+        # qlora's config must say how to quantize, as upstream's webhook requires.
+        document["training_config"]["QuantizationConfig"] = quantization
     path.write_text(json.dumps(document))  # JSON is YAML
     return path
 
@@ -279,6 +283,8 @@ def test_qlora_with_packing_trains_and_pushes(
         tmp_path / "training_config.yaml",
         {"per_device_train_batch_size": 2, "max_steps": 4},
         {"packing": True, "train_test_split": 0.95},
+        quantization={"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                      "bnb_4bit_use_double_quant": True},
     )
     secret = tmp_path / "dockerconfigjson"
     secret.write_text(registry.dockerconfigjson)
