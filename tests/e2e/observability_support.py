@@ -25,6 +25,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "config" / "prometheus" / "alerts.yaml"
 ALERT_TESTS = REPO / "config" / "prometheus" / "tests" / "alerts_test.yaml"
+# The ServiceMonitor's tlsConfig.serverName (config/prometheus/monitor.yaml).
+WEBHOOK_SERVER_NAME = "kaito-webhook.kaito-system.svc"
 
 
 def rule_groups(*, summary_only: bool = False,
@@ -45,19 +47,20 @@ def rule_groups(*, summary_only: bool = False,
 
 
 def scrape_config(jobs: dict[str, list[dict[str, Any]]], rule_file: Path,
-                  *, interval_seconds: int = 1) -> dict[str, Any]:
+                  *, webhook_ca_file: Path, interval_seconds: int = 1) -> dict[str, Any]:
     """``jobs``: job name -> static targets ({"targets": [...], "labels": {...}}).
 
-    A job whose name contains ``webhook`` is scraped over HTTPS, as its ServiceMonitor
-    does; the test skips verification because the webhook's self-signed CA names the
-    Service, not 127.0.0.1."""
+    A job whose name contains ``webhook`` is scraped over HTTPS as its ServiceMonitor
+    does: verified against the webhook's own CA (``ca.crt`` of its Secret), for the
+    Service's DNS name."""
     scrape_configs = []
     for name, targets in jobs.items():
         job: dict[str, Any] = {"job_name": name, "metrics_path": "/metrics",
                                "static_configs": targets}
         if "webhook" in name:
             job["scheme"] = "https"
-            job["tls_config"] = {"insecure_skip_verify": True}
+            job["tls_config"] = {"ca_file": str(webhook_ca_file),
+                                 "server_name": WEBHOOK_SERVER_NAME}
         scrape_configs.append(job)
     return {"global": {"scrape_interval": f"{interval_seconds}s",
                        "evaluation_interval": f"{interval_seconds}s"},

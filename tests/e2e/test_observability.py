@@ -5,8 +5,9 @@ Started here, each as in production: the admission webhook (registered with the 
 by URL), the Workspace controller (`python -m controller`, leader-elected) and the node
 provisioner (`python -m controller.provisioning --backend local`, which turns NodeClaims
 into kwok GPU nodes). Debian's `prometheus` scrapes them every second with a scrape
-config equivalent to config/prometheus/monitor.yaml (same paths; the pod targets carry
-the `namespace` and `workspace` labels the PodMonitors' relabelling gives them).
+config equivalent to config/prometheus/monitor.yaml (same paths, the webhook over HTTPS
+verified against its own CA for the Service's name; the pod targets carry the `namespace`
+and `workspace` labels the PodMonitors' relabelling gives them).
 
 The flow: an inference workspace gets a NodeClaim, a node and a Ready Deployment; one
 whose node has no kubelet stays stuck; one tuning run reports its progress from a real
@@ -22,6 +23,7 @@ hour and a minute in production would outlast the test); everything else is as s
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -319,7 +321,9 @@ def live(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         kubeconfig, "--log-format", "text"], workdir / "webhook.log", webhook_port)
     controller_port, provisioner_port, serving_port = free_port(), free_port(), free_port()
     controller = Process("controller", [
-        python, "-m", "controller", "--kubeconfig", kubeconfig, "--port", str(controller_port),
+        # Watching only this namespace: kaito_workspaces counts this test's workspaces.
+        python, "-m", "controller", "--kubeconfig", kubeconfig, "--namespace", namespace,
+        "--port", str(controller_port),
         "--bind-host", "127.0.0.1", "--leader-elect", "--lease-namespace", namespace,
         "--lease-name", "kaito-controller", "--log-format", "text"],
         workdir / "controller.log", controller_port,
@@ -348,7 +352,7 @@ def live(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
                           "labels": {**pod_labels, "workspace": names["tuned"]}}],
         "kaito-inference": [{"targets": [f"127.0.0.1:{serving_port}"],
                              "labels": {**pod_labels, "workspace": names["serve"]}}],
-    }, rules)
+    }, rules, webhook_ca_file=workdir / "webhook-ca.crt")
     processes = [webhook, controller, provisioner, serving]
     try:
         cluster.kubectl("apply", "-f", "-", input=_webhook_configurations(webhook_port))
@@ -361,6 +365,8 @@ def live(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
             return all(h["clientConfig"].get("caBundle") for h in got["webhooks"])
 
         wait_for("the webhook's caBundle", ca_bundle_is_patched, timeout=60)
+        secret = get(cluster, "secret", "kaito-webhook-cert", "-n", SYSTEM_NAMESPACE)
+        (workdir / "webhook-ca.crt").write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
         controller.start(f"http://127.0.0.1:{controller_port}/readyz")
         provisioner.start(f"http://127.0.0.1:{provisioner_port}/readyz")
         serving.start(f"http://127.0.0.1:{serving_port}/health")
