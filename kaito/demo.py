@@ -116,15 +116,17 @@ def _start_controller(directory: Path, logs: Path) -> None:
     print(f"controller: pid {process.pid}, log {logs / 'controller.log'}")
 
 
-def _label_node_for_seed(kubectl: Kubectl) -> None:
-    """Bring-your-own: the dev cluster's kwok GPU node gets the seed's labelSelector, so
-    it stands in for the node a provisioner would add for the workspace's NodeClaim."""
-    nodes = json.loads(kubectl("get", "nodes", "-l", "type=kwok", "-o", "json").stdout)["items"]
-    if nodes:
-        name = nodes[0]["metadata"]["name"]
-        kubectl("label", "node", name, "app=tuning-phi-3", "--overwrite")
-        kubectl("taint", "node", name, "sku=gpu:NoSchedule", "--overwrite")
-        print(f"node {name}: labelled app=tuning-phi-3, tainted sku=gpu:NoSchedule")
+def _start_provisioner(directory: Path, logs: Path) -> None:
+    """The node provisioner with its local backend: each NodeClaim becomes a kwok GPU
+    node of the claim's SKU (on AKS, the same controller adds an agent pool)."""
+    process = _start_detached(
+        [sys.executable, "-m", "controller.provisioning", "--backend", "local",
+         "--kubeconfig", str(directory / "kubeconfig"), "--no-leader-elect",
+         "--bind-host", "127.0.0.1", "--port", str(free_port()), "--log-format", "text"],
+        logs / "provisioner.log",
+    )
+    devcli.add_process(directory, "provisioner", process.pid)
+    print(f"provisioner (local backend): pid {process.pid}, log {logs / 'provisioner.log'}")
 
 
 def _follow_workspace(kubectl: Kubectl) -> None:
@@ -142,6 +144,8 @@ def _follow_workspace(kubectl: Kubectl) -> None:
     except TimeoutError:
         print("the workspace is not ready yet; its conditions:")
     print(kubectl("get", "workspace", "workspace-tuning-phi-3").stdout.rstrip())
+    print(kubectl("get", "nodeclaims,nodes", "-l",
+                  "kaito.sh/workspace=workspace-tuning-phi-3").stdout.rstrip())
     print(kubectl("get", "jobs,deployments,services", "-l",
                   "kaito.sh/workspace=workspace-tuning-phi-3").stdout.rstrip())
     print(kubectl("describe", "workspace", "workspace-tuning-phi-3").stdout.split("Events:")[-1]
@@ -225,18 +229,20 @@ def run(args: argparse.Namespace) -> int:
         print("webhook already running")
     else:
         _install_webhook(kubectl, args.dir, Path(str(state["logs"])))
-    _step("workspace controller (NodeClaims, tuning Job, serving workload, status)")
+    _step("workspace controller (NodeClaims, tuning Job, serving workload, status) and "
+          "node provisioner (local backend)")
     if isinstance(pids, dict) and "controller" in pids and state.get("is_reused"):
-        print("controller already running")
+        print("controller and provisioner already running")
     else:
         _start_controller(args.dir, Path(str(state["logs"])))
-    _label_node_for_seed(kubectl)
+        _start_provisioner(args.dir, Path(str(state["logs"])))
     _seed_and_rejection(kubectl)
     _follow_workspace(kubectl)
 
     if not args.no_serve:
         _serve_and_chat(args.dir, args.prompt)
 
-    print(f"\nThe cluster, webhook and controller keep running. export KUBECONFIG={kubeconfig}")
+    print("\nThe cluster, webhook, controller and provisioner keep running. "
+          f"export KUBECONFIG={kubeconfig}")
     print("Stop them with: make demo-down")
     return 0
