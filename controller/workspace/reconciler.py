@@ -188,9 +188,15 @@ class WorkspaceReconciler:
         sku = self._catalog.sku(instance_type) if instance_type else None
         if preset is None:
             plan = StatusPlan()
-            name = spec.name if spec else "(none)"
-            plan.conditions["ResourceReady"] = Verdict(
-                "False", "PresetNotFound", f"preset {name!r} is not in this operator's catalog")
+            if spec is None:  # inference.template: a custom pod template
+                plan.conditions["ResourceReady"] = Verdict(
+                    "False", "CustomTemplateNotSupported",
+                    "inference.template workspaces are not run by this controller yet; "
+                    "use a preset")
+            else:
+                plan.conditions["ResourceReady"] = Verdict(
+                    "False", "PresetNotFound",
+                    f"preset {spec.name!r} is not in this operator's catalog")
             await self._write_status(ws, obj, plan, target=None, workers=None, tuning=None)
             return Result()
 
