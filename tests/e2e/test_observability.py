@@ -181,6 +181,7 @@ class Live:
     prometheus: Prometheus
     namespace: str
     names: dict[str, str]
+    pods: dict[str, dict[str, Any]]  # "tuning", "inference": a pod the controller's workload made
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -432,7 +433,10 @@ def live(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Ite
         wait_for("the failed workspace to fail", lambda: state("failed") == "Failed")
         wait_for("the served workspace ready", lambda: state("serve") == "Ready", timeout=120)
         timings["flow done"] = round(time.monotonic() - started, 1)
-        yield Live(prometheus, namespace, names, timings)
+        serve_pods = get(cluster, "pods", "-n", namespace, "-l",
+                         f"kaito.sh/workspace={names['serve']}")["items"]
+        yield Live(prometheus, namespace, names,
+                   {"tuning": tuned_pod, "inference": serve_pods[0]}, timings)
     finally:
         # Unregister the webhook first: other tests' workspaces must not depend on it.
         cluster.kubectl("delete", "mutatingwebhookconfiguration",
@@ -513,3 +517,61 @@ def test_the_tuning_failed_and_stuck_alerts_fire(live: Live) -> None:
     for quiet in ("KaitoLeaderMissing", "KaitoControllerAbsent", "KaitoWebhookErrors",
                   "KaitoServingErrors", "KaitoReconcileErrors"):
         assert quiet not in firing, firing[quiet]
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A label selector (matchLabels, matchExpressions In/Exists) against ``labels``."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression["key"], expression["operator"]
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "In" and labels.get(key) not in expression["values"]:
+            return False
+        assert operator in ("Exists", "In"), operator
+    return True
+
+
+def _port_names(pod_spec: dict[str, Any]) -> set[str]:
+    return {p["name"] for c in pod_spec["containers"] for p in c.get("ports", []) if "name" in p}
+
+
+def test_the_monitors_select_what_the_operator_deploys(live: Live) -> None:
+    monitors = {d["metadata"]["name"]: d for d in yaml.safe_load_all(
+        (REPO / "config" / "prometheus" / "monitor.yaml").read_text())}
+    # The workload pods, as the controller made them in the live flow.
+    for component, pod in live.pods.items():
+        spec = monitors[f"kaito-{component}"]["spec"]
+        assert spec["namespaceSelector"] == {"any": True}
+        assert _selects(spec["selector"], pod["metadata"]["labels"]), (component, pod["metadata"])
+        endpoint = spec["podMetricsEndpoints"][0]
+        assert endpoint["port"] in _port_names(pod["spec"]), (component, endpoint)
+        # The relabelling reads the label Kubernetes service discovery exposes for it.
+        source = endpoint["relabelings"][0]["sourceLabels"][0]
+        assert source == "__meta_kubernetes_pod_label_kaito_sh_workspace"
+        assert pod["metadata"]["labels"]["kaito.sh/workspace"] == live.names[
+            "tuned" if component == "tuning" else "serve"]
+    other = [p for name, p in live.pods.items() if name != "tuning"]
+    assert not any(_selects(monitors["kaito-tuning"]["spec"]["selector"],
+                            p["metadata"]["labels"]) for p in other)
+    # The operator's own Deployments and Services (config/manager, config/webhook).
+    shipped = [d for folder in ("manager", "webhook") for d in yaml.safe_load_all(
+        subprocess.run(["kubectl", "kustomize", str(REPO / "config" / folder)], check=True,
+                       capture_output=True, text=True).stdout)]
+    shipped += list(yaml.safe_load_all(
+        (REPO / "config" / "manager" / "provisioner.yaml").read_text()))
+    services = [d for d in shipped if d["kind"] == "Service"]
+    for name in ("kaito-controller", "kaito-webhook"):
+        spec = monitors[name]["spec"]
+        matched = [s for s in services if _selects(spec["selector"], s["metadata"]["labels"])]
+        assert len(matched) == 1, (name, matched)
+        assert spec["endpoints"][0]["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
+    deployments = [d for d in shipped if d["kind"] == "Deployment"]
+    spec = monitors["kaito-gpu-provisioner"]["spec"]
+    matched = [d for d in deployments
+               if _selects(spec["selector"], d["spec"]["template"]["metadata"]["labels"])]
+    assert [d["metadata"]["name"] for d in matched] == ["kaito-gpu-provisioner"]
+    assert spec["podMetricsEndpoints"][0]["port"] in _port_names(
+        matched[0]["spec"]["template"]["spec"])
