@@ -101,6 +101,23 @@ def test_a_claim_becomes_a_ready_gpu_node_and_deleting_it_removes_the_node(
     assert provisioner.metric("kaito_nodeclaim_ready_seconds_count", backend="local") >= 1
     print("seconds from create to each condition (local):", json.dumps(seen))
 
+    # A Ready claim is left alone: touching it (a pass with nothing new) writes nothing
+    # to it and says nothing new about it. (The Lease renewals are the process's only
+    # other writes, so its write counter cannot show this.)
+    def events() -> int:
+        found = get(cluster, "events.events.k8s.io", "-A",
+                    "--field-selector", f"regarding.name={name}")
+        return len(found["items"])
+
+    time.sleep(2)  # the Ready Event and any in-flight pass
+    said = events()
+    touched = json.loads(cluster.kubectl(
+        "annotate", "nodeclaim", name, "example.com/touch=1", "-o", "json").stdout)
+    time.sleep(3)
+    after = get(cluster, "nodeclaim", name)
+    assert after["metadata"]["resourceVersion"] == touched["metadata"]["resourceVersion"]
+    assert events() == said
+
     cluster.kubectl("delete", "nodeclaim", name, "--wait=false")
     wait_for("the node gone", lambda: get(cluster, "node", status["nodeName"]) is None,
              timeout=60)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from controller.kube.resources import KubeObject
 from controller.provisioning.agentpool import agent_pool_name
-from controller.provisioning.aks import AksBackend, TokenFileCredential
+from controller.provisioning.aks import AksBackend, TokenFileCredential, default_credential
 from controller.provisioning.backend import CloudUnavailable, Launched, LaunchFailed, Pending
 from controller.provisioning.claims import Claim, parse_claim
 from controller.provisioning.metrics import ProvisioningMetrics
@@ -231,3 +231,25 @@ def test_pool_names_are_valid_for_aks_and_distinct() -> None:
     assert len(names) == 600
     assert all(len(n) <= 12 and n[0].isalpha() and n.isalnum() and n.islower()
                for n in names)
+
+
+@pytest.mark.parametrize(("federated", "expected"), [
+    (True, "WorkloadIdentityCredential"), (False, "EnvironmentCredential")])
+async def test_credentials_are_workload_identity_in_a_pod_else_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, federated: bool, expected: str,
+) -> None:
+    for variable in ("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_SECRET"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("AZURE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("AZURE_TENANT_ID", "00000000-0000-0000-0000-000000000002")
+    if federated:
+        token = tmp_path / "token"
+        token.write_text("projected-service-account-token")
+        monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(token))
+    credential = default_credential(AzureSettings())
+    try:
+        assert type(credential).__name__ == expected
+    finally:
+        await credential.close()
+    file_credential = default_credential(AzureSettings(token_file=tmp_path / "t"))
+    assert isinstance(file_credential, TokenFileCredential)
