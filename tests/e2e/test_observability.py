@@ -42,7 +42,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kaito.dashboard import CONFIG_MAP_PATH, config_map, queries
+from kaito.dashboard import CONFIG_MAP_PATH, ROWS, config_map, queries
 from kaito.devcluster import LocalCluster
 from kaito.devcluster.process import free_port
 from runtime.progress import ProgressServer, ProgressTracker
@@ -103,7 +103,9 @@ def test_the_committed_dashboard_is_what_the_generator_makes() -> None:
     assert document["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(document["data"]["kaito.json"])
     titles = [p["title"] for p in dashboard["panels"] if p["type"] != "row"]
-    assert len(titles) == len(set(titles)) == len(queries()) - 1  # one panel has 2 queries
+    assert titles == [panel.title for _, panels in ROWS for panel in panels]
+    assert len(set(titles)) == len(titles)
+    assert len(queries()) == sum(len(panel.queries) for _, panels in ROWS for panel in panels)
 
 
 def test_kustomize_builds_the_monitors_rules_and_dashboard() -> None:
