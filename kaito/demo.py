@@ -104,29 +104,73 @@ def _install_webhook(kubectl: Kubectl, directory: Path, logs: Path) -> None:
     print(f"webhook: https://127.0.0.1:{port} (pid {process.pid}, log {logs / 'webhook.log'})")
 
 
-def _start_controller(directory: Path, logs: Path) -> None:
-    """The Workspace controller, as `kaito controller` runs it in the operator's pod."""
+def _start_controller(directory: Path, logs: Path) -> int:
+    """The Workspace controller, as `kaito controller` runs it in the operator's pod;
+    returns its metrics port."""
+    port = free_port()
     process = _start_detached(
         [sys.executable, "-m", "controller", "--kubeconfig", str(directory / "kubeconfig"),
-         "--no-leader-elect", "--bind-host", "127.0.0.1", "--port", str(free_port()),
+         "--no-leader-elect", "--bind-host", "127.0.0.1", "--port", str(port),
          "--log-format", "text"],
         logs / "controller.log",
     )
     devcli.add_process(directory, "controller", process.pid)
-    print(f"controller: pid {process.pid}, log {logs / 'controller.log'}")
+    print(f"controller: pid {process.pid}, metrics :{port}, log {logs / 'controller.log'}")
+    return port
 
 
-def _start_provisioner(directory: Path, logs: Path) -> None:
+def _start_provisioner(directory: Path, logs: Path) -> int:
     """The node provisioner with its local backend: each NodeClaim becomes a kwok GPU
-    node of the claim's SKU (on AKS, the same controller adds an agent pool)."""
+    node of the claim's SKU (on AKS, the same controller adds an agent pool); returns its
+    metrics port."""
+    port = free_port()
     process = _start_detached(
         [sys.executable, "-m", "controller.provisioning", "--backend", "local",
          "--kubeconfig", str(directory / "kubeconfig"), "--no-leader-elect",
-         "--bind-host", "127.0.0.1", "--port", str(free_port()), "--log-format", "text"],
+         "--bind-host", "127.0.0.1", "--port", str(port), "--log-format", "text"],
         logs / "provisioner.log",
     )
     devcli.add_process(directory, "provisioner", process.pid)
-    print(f"provisioner (local backend): pid {process.pid}, log {logs / 'provisioner.log'}")
+    print(f"provisioner (local backend): pid {process.pid}, metrics :{port}, "
+          f"log {logs / 'provisioner.log'}")
+    return port
+
+
+def _start_prometheus(directory: Path, logs: Path, targets: dict[str, str]) -> str | None:
+    """Debian's Prometheus on loopback over the controller and provisioner, started before
+    the seed is applied so the flow itself is in the data; returns its URL."""
+    from kaito import observe
+
+    if not observe.prometheus_available():
+        print("prometheus is not installed (hack/apt-deps.sh installs Debian's): skipped")
+        return None
+    port = free_port()
+    process = observe.start_prometheus(directory / "prometheus", logs / "prometheus.log",
+                                       port, targets)
+    devcli.add_process(directory, "prometheus", process.pid)
+    url = f"http://127.0.0.1:{port}"
+    print(f"prometheus: {url} (pid {process.pid}), scraping {', '.join(sorted(targets))}")
+    return url
+
+
+def _observe(directory: Path, url: str) -> None:
+    """One query's answer, and the dashboard's panels drawn from the live data."""
+    from kaito import observe
+
+    _step(f"Prometheus at {url}: one query, and the dashboard drawn from live data")
+
+    def scraped() -> bool:
+        return bool(observe.query(url, "kaito_workspaces"))
+
+    _wait("the first scrapes", scraped, 60)
+    time.sleep(10)  # some scrapes after the flow, so its rates have points
+    expr = "sum by (state, preset, mode) (kaito_workspaces)"
+    print(f"$ curl '{url}/api/v1/query?query={expr}'")
+    for item in observe.query(url, expr):
+        print(f"  {json.dumps(item['metric'], sort_keys=True)} {item['value'][1]}")
+    picture = directory / "dashboard.png"
+    panels = observe.render_dashboard(url, picture, minutes=3)
+    print(f"dashboard: {panels} panels with data drawn into {picture}")
 
 
 def _follow_workspace(kubectl: Kubectl) -> None:
@@ -231,18 +275,24 @@ def run(args: argparse.Namespace) -> int:
         _install_webhook(kubectl, args.dir, Path(str(state["logs"])))
     _step("workspace controller (NodeClaims, tuning Job, serving workload, status) and "
           "node provisioner (local backend)")
+    targets: dict[str, str] = {}
     if isinstance(pids, dict) and "controller" in pids and state.get("is_reused"):
         print("controller and provisioner already running")
     else:
-        _start_controller(args.dir, Path(str(state["logs"])))
-        _start_provisioner(args.dir, Path(str(state["logs"])))
+        logs = Path(str(state["logs"]))
+        targets["controller"] = f"127.0.0.1:{_start_controller(args.dir, logs)}"
+        targets["provisioner"] = f"127.0.0.1:{_start_provisioner(args.dir, logs)}"
+    prometheus = _start_prometheus(args.dir, Path(str(state["logs"])), targets) if (
+        targets) else None
     _seed_and_rejection(kubectl)
     _follow_workspace(kubectl)
+    if prometheus is not None:
+        _observe(args.dir, prometheus)
 
     if not args.no_serve:
         _serve_and_chat(args.dir, args.prompt)
 
-    print("\nThe cluster, webhook, controller and provisioner keep running. "
+    print("\nThe cluster, webhook, controller, provisioner and Prometheus keep running. "
           f"export KUBECONFIG={kubeconfig}")
     print("Stop them with: make demo-down")
     return 0
