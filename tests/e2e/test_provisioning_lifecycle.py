@@ -69,7 +69,9 @@ async def test_a_node_that_never_joins_ends_in_registration_timeout(
         finally:
             manager.stop()
             await running
-    assert backend.launched[:1] == [name] and backend.deleted == [name]
+    # Deleting capacity is idempotent: a pass on a cache not yet showing the finalizer
+    # gone may ask again.
+    assert backend.launched[:1] == [name] and set(backend.deleted) == {name}
     events = await asyncio.to_thread(get, cluster, "events.events.k8s.io", "-A",
                                      "--field-selector", f"regarding.name={name}")
     timeouts = [e for e in events["items"] if e["reason"] == "RegistrationTimeout"]
