@@ -5,20 +5,15 @@ own ServiceAccount (a token kubeconfig, the shipped RBAC), NodeClaims, polling h
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from kaito.devcluster import LocalCluster
-from kaito.devcluster.process import free_port
+from tests.e2e.components import ComponentProcess, wait_for
+
+__all__ = ["ComponentProcess", "ProvisionerProcess", "wait_for"]
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "kaito-system"
@@ -29,17 +24,6 @@ GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
 def get(cluster: LocalCluster, *args: str) -> Any:
     result = cluster.kubectl("get", *args, "-o", "json", check=False)
     return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def wait_for(what: str, check: Callable[[], Any], *, timeout: float = 120,
-             interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def condition(obj: dict[str, Any] | None, condition_type: str) -> dict[str, Any] | None:
@@ -97,64 +81,12 @@ def install(cluster: LocalCluster, workdir: Path) -> Path:
     return path
 
 
-class ProvisionerProcess:
+class ProvisionerProcess(ComponentProcess):
     """`python -m controller.provisioning` as a process: restartable, killable, scrapable."""
 
     def __init__(self, kubeconfig: Path, log_path: Path, *, args: list[str],
                  env: dict[str, str] | None = None) -> None:
-        self.kubeconfig, self.log_path = kubeconfig, log_path
-        self.args, self.env = args, env or {}
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "controller.provisioning", "--kubeconfig",
-                 str(self.kubeconfig), "--port", str(self.port), "--bind-host", "127.0.0.1",
-                 "--log-format", "text", *self.args],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for("the provisioner's /readyz", self._is_ready, timeout=60)
-
-    def _is_ready(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, (
-            self.log_path.read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        self.process = None
-
-    def stop(self) -> int | None:
-        if self.process is None:
-            return None
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout=60)
-        self.process = None
-        return code
-
-    def metrics(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            return str(r.read().decode())
-
-    def metric(self, name: str, **labels: str) -> float:
-        total = 0.0
-        for line in self.metrics().splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            if all(f'{key}="{value}"' in line for key, value in labels.items()):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    def tail(self) -> str:
-        return self.log_path.read_text()[-5000:]
+        super().__init__("controller.provisioning", kubeconfig, log_path, args=args, env=env)
 
 
 def delete_claims(cluster: LocalCluster, names: list[str], timeout: float = 60) -> None:

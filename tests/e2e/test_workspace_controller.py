@@ -13,14 +13,9 @@ status subresource.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +23,7 @@ import pytest
 import yaml
 
 from kaito.devcluster import LocalCluster
-from kaito.devcluster.process import free_port
+from tests.e2e.components import ComponentProcess, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -121,19 +116,6 @@ def unmanaged_node(cluster: LocalCluster, name: str, instance: str, labels: dict
                     "-p", json.dumps(status))
 
 
-def wait_for(what: str, check: Callable[[], Any], *, timeout: float = 120,
-             tick: Callable[[], None] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if tick is not None:
-            tick()
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def finish_pod(cluster: LocalCluster, namespace: str, pod: str, *, exit_code: int,
                message: str = "") -> None:
     """Play the kubelet: end the pod's container with ``exit_code`` and ``message``."""
@@ -161,52 +143,21 @@ def job_pods(cluster: LocalCluster, namespace: str, job: str) -> list[dict[str, 
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 
-class ControllerProcess:
+class ControllerProcess(ComponentProcess):
     """`python -m controller` against the e2e cluster; restartable, killable, scrapable."""
 
     def __init__(self, cluster: LocalCluster, log_path: Path) -> None:
-        self.cluster, self.log_path = cluster, log_path
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO),
-               "KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2",
-               # One failed pod fails the Job, so the failure test need not outlast retries.
-               "KAITO_WORKSPACE__TUNING_BACKOFF_LIMIT": "0"}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "controller", "--kubeconfig",
-                 str(self.cluster.kubeconfig), "--no-leader-elect", "--port", str(self.port),
-                 "--bind-host", "127.0.0.1", "--workers", "4", "--log-format", "text"],
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        wait_for("the controller's /readyz", self._is_ready, timeout=60)
-
-    def _is_ready(self) -> bool:
-        assert self.process is not None and self.process.poll() is None, (
-            self.log_path.read_text()[-3000:])
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-        self.process = None
+        super().__init__(
+            "controller", cluster.kubeconfig, log_path,
+            args=["--no-leader-elect", "--workers", "4"],
+            env={"KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2",
+                 # One failed pod fails the Job, so the failure test need not outlast retries.
+                 "KAITO_WORKSPACE__TUNING_BACKOFF_LIMIT": "0"})
 
     def api_writes(self) -> int:
         """POST/PUT/PATCH/DELETE requests this process made (its own counter)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if line.startswith("rest_client_requests_total{") and any(
-                    f'method="{method}"' in line for method in WRITE_METHODS):
-                total += float(line.rsplit(" ", 1)[1])
-        return int(total)
+        return int(sum(self.metric("rest_client_requests_total", method=method)
+                       for method in WRITE_METHODS))
 
 
 @pytest.fixture(scope="module")
