@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Provides the Kubernetes control-plane binaries the envtest and e2e test tiers run:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok.
+# Provides the Kubernetes binaries the test tiers run: etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, kubectl and kwok (envtest and e2e), and the
+# kubelet and kube-proxy of the real-node tier (tests/kubelet, `kaito dev up --real-node`).
 #
 # If KUBEBUILDER_ASSETS names a folder holding them, that folder is used as is.
 # Otherwise they are built from Go modules with this machine's Go toolchain (the
@@ -15,7 +16,7 @@ KWOK_VERSION=v0.7.0
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache_root=${KAITO_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kaito-k8s}
 bin_dir="$cache_root/$K8S_VERSION-etcd$ETCD_VERSION-kwok$KWOK_VERSION"
-wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+wanted=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok kubelet kube-proxy)
 
 have_all() {
   local dir=$1 b
@@ -53,20 +54,28 @@ ldflags="-s -w -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMin
 ldflags="$ldflags -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
 
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
+# Only what is missing is built: a cache made before the kubelet joined the list keeps
+# its control plane and gains the two node binaries.
+missing() { [ ! -x "$bin_dir/$1" ]; }
 (
   cd "$here/k8s/kube"
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
+    missing "$cmd" || continue
     echo "k8s-binaries: building $cmd $K8S_VERSION" >&2
     go build -trimpath -ldflags "$ldflags" -o "$tmp_dir/$cmd" "k8s.io/kubernetes/cmd/$cmd"
   done
-  echo "k8s-binaries: building etcd $ETCD_VERSION" >&2
-  go build -trimpath -ldflags "-s -w" -o "$tmp_dir/etcd" go.etcd.io/etcd/server/v3
+  if missing etcd; then
+    echo "k8s-binaries: building etcd $ETCD_VERSION" >&2
+    go build -trimpath -ldflags "-s -w" -o "$tmp_dir/etcd" go.etcd.io/etcd/server/v3
+  fi
 )
-(
-  cd "$here/k8s/kwok"
-  echo "k8s-binaries: building kwok $KWOK_VERSION" >&2
-  go build -trimpath -ldflags "-s -w" -o "$tmp_dir/kwok" sigs.k8s.io/kwok/cmd/kwok
-)
-mv "$tmp_dir"/* "$bin_dir"/
+if missing kwok; then
+  (
+    cd "$here/k8s/kwok"
+    echo "k8s-binaries: building kwok $KWOK_VERSION" >&2
+    go build -trimpath -ldflags "-s -w" -o "$tmp_dir/kwok" sigs.k8s.io/kwok/cmd/kwok
+  )
+fi
+find "$tmp_dir" -maxdepth 1 -type f -exec mv {} "$bin_dir"/ \;
 echo "k8s-binaries: built in $(( $(date +%s) - start )) s into $bin_dir" >&2
 echo "$bin_dir"
