@@ -7,7 +7,8 @@
 #   requirements/runtime.txt   the runtime image (tuning and serving)
 #   requirements/nodeps.txt    installed without their dependencies (see nodeps.in)
 #   requirements/build.txt     the build backend for installing this project (build.in)
-# operator.txt and runtime.txt are constrained by dev.txt, so each package has one
+#   requirements/bench.txt     `make bench` only: llama.cpp's server (benchmarks/venv.sh)
+# operator.txt, runtime.txt and bench.txt are constrained by dev.txt, so each package has one
 # version everywhere. Uses uv (pinned), installed once into a cache folder.
 # With an argument, writes the five files into that folder instead (`make test UPGRADE=1`).
 set -euo pipefail
@@ -34,6 +35,8 @@ upgrade=()
   -c "$out/dev.txt" -o "$out/operator.txt"
 "$uv" pip compile "${common[@]}" pyproject.toml --extra runtime \
   -c "$out/dev.txt" -o "$out/runtime.txt"
+"$uv" pip compile "${common[@]}" pyproject.toml --extra bench \
+  -c "$out/dev.txt" -o "$out/bench.txt"
 "$uv" pip compile "${common[@]}" "${upgrade[@]}" --no-deps requirements/nodeps.in -o "$out/nodeps.txt"
 "$uv" pip compile "${common[@]}" "${upgrade[@]}" requirements/build.in -o "$out/build.txt"
-echo "lock: wrote $out/{dev,operator,runtime,nodeps,build}.txt" >&2
+echo "lock: wrote $out/{dev,operator,runtime,bench,nodeps,build}.txt" >&2
