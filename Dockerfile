@@ -5,6 +5,8 @@
 # Every Python package comes from requirements/*.txt at its locked version and hash
 # (`make lock`); the dependency layers come before the source so a code change
 # rebuilds only the last layers.
+# hack/images.sh builds both without a registry: PYTHON_IMAGE is then a Debian bookworm
+# base it makes with debootstrap (Python 3.11, a venv at /opt/venv first on PATH).
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS base
@@ -18,7 +20,7 @@ RUN pip install --no-deps --require-hashes -r requirements/build.txt
 FROM base AS operator
 COPY requirements/operator.txt requirements/
 RUN pip install --no-deps --require-hashes -r requirements/operator.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY kaito ./kaito
 COPY crds ./crds
 COPY presets ./presets
@@ -32,7 +34,7 @@ CMD ["controller"]
 FROM base AS runtime
 COPY requirements/runtime.txt requirements/nodeps.txt requirements/
 RUN pip install --no-deps --require-hashes -r requirements/runtime.txt -r requirements/nodeps.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 COPY kaito ./kaito
 COPY crds ./crds
 COPY presets ./presets
