@@ -53,17 +53,24 @@ def find_binaries() -> Path:
 
 
 class LocalCluster:
-    def __init__(self, workdir: Path, bin_dir: Path, *, with_nodes: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, bin_dir: Path, *, with_nodes: bool = False,
+        address: str = "127.0.0.1",
+    ) -> None:
+        """``address``: where the apiserver listens and what it advertises. Loopback
+        suits simulated nodes; a real node's pods cannot reach the host's loopback, so
+        the real-node tier passes the bridge's address (kaito/devcluster/realnode.py)."""
         self.workdir = workdir
         self.bin_dir = bin_dir
         self.with_nodes = with_nodes
+        self.address = address
         self.pki_dir = workdir / "pki"
         self.log_dir = workdir / "logs"
         self.kubeconfig = workdir / "kubeconfig"
         self.etcd_port = free_port()
         self.etcd_peer_port = free_port()
         self.apiserver_port = free_port()
-        self.server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.server = f"https://{address}:{self.apiserver_port}"
         self.etcd_url = f"http://127.0.0.1:{self.etcd_port}"
         self.processes: dict[str, ManagedProcess] = {}
 
@@ -189,10 +196,15 @@ class LocalCluster:
             "apiserver", "kube-apiserver",
             dns_names=("localhost", "kubernetes", "kubernetes.default",
                        "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"),
-            ip_addresses=("127.0.0.1", "10.96.0.1"),
+            ip_addresses=tuple(dict.fromkeys(("127.0.0.1", "10.96.0.1", self.address))),
             is_server=True,
         )
         self.admin = ca.issue("admin", "kaito-dev-admin", organization="system:masters")
+        # What the apiserver shows kubelets (logs, exec, port-forward) when a real one runs.
+        self.kubelet_client = ca.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+            organization="system:masters")
+        self.ca = ca
         self.ca_key_path = ca.key_path
         self.service_account = write_service_account_keys(self.pki_dir)
 
@@ -232,8 +244,8 @@ class LocalCluster:
         return [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers={self.etcd_url}",
-            "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1",
+            f"--bind-address={self.address}",
+            f"--advertise-address={self.address}",
             f"--secure-port={self.apiserver_port}",
             f"--cert-dir={self.pki_dir}",
             f"--tls-cert-file={self.serving.cert_path}",
@@ -245,8 +257,13 @@ class LocalCluster:
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
             "--allow-privileged=true",
-            "--endpoint-reconciler-type=none",  # a loopback address cannot be an endpoint
             "--profiling=false",
+            f"--kubelet-client-certificate={self.kubelet_client.cert_path}",
+            f"--kubelet-client-key={self.kubelet_client.key_path}",
+            f"--kubelet-certificate-authority={self.ca_path}",
+            # A loopback address cannot be the `kubernetes` Service's endpoint; a bridge
+            # address can, and real pods reach the apiserver through it.
+            *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),
         ]
 
     def _start_node_components(self) -> None:

@@ -85,6 +85,7 @@ class CertificateAuthority:
         dns_names: tuple[str, ...] = (),
         ip_addresses: tuple[str, ...] = (),
         is_server: bool = False,
+        directory: Path | None = None,
     ) -> KeyPair:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
@@ -106,7 +107,8 @@ class CertificateAuthority:
         if alt_names:
             builder = builder.add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
-        pair = KeyPair(self.directory / f"{file_stem}.crt", self.directory / f"{file_stem}.key")
+        folder = directory or self.directory
+        pair = KeyPair(folder / f"{file_stem}.crt", folder / f"{file_stem}.key")
         pair.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         _write_key(pair.key_path, key)
         return pair
