@@ -185,13 +185,13 @@ class HostSnapshot:
         done = []
         for link in sorted(set(os.listdir("/sys/class/net")) - set(self.links)):
             # The bridge and the pods' veth ends (the pods are gone by now).
-            if link == "cni0" or link.startswith("veth"):
-                if _run(["ip", "link", "delete", link]).returncode == 0:
-                    done.append(f"link {link} deleted")
+            is_node_link = link == "cni0" or link.startswith("veth")
+            if is_node_link and _run(["ip", "link", "delete", link]).returncode == 0:
+                done.append(f"link {link} deleted")
         return done
 
     def _remove_cgroups(self) -> list[str]:
-        done = []
+        done: list[str] = []
         if not CGROUP_ROOT.is_dir():
             return done
         for controller in sorted(CGROUP_ROOT.iterdir()):
