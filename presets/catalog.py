@@ -7,8 +7,9 @@ models and answers look-ups. Nothing here does I/O after the first load.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -18,9 +19,11 @@ MODELS_FILE = _HERE / "models.yaml"
 SKUS_FILE = _HERE / "skus.yaml"
 
 GIB = 1024**3
+BEST_EFFORT_FAMILY = "best-effort"
 
 # Presets whose weights ship inside the runtime image (runtime/base_model.py): their pods
-# name the preset instead of downloading weights into /mnt/model.
+# name the preset instead of downloading weights into /mnt/model. Equal to the presets
+# with `weights_source: image` (a test keeps them so).
 IMAGE_WEIGHTS_PRESETS: frozenset[str] = frozenset({"smollm2-135m-instruct"})
 
 
@@ -38,21 +41,62 @@ class TuningSupport(_Frozen):
         return method in ("lora", "qlora") and bool(getattr(self, method))
 
 
+Runtime = Literal["vllm", "transformers"]
+WeightsSource = Literal["huggingface", "image"]
+Quantization = Literal["none", "fp8", "mxfp4", "awq"]
+Architecture = Literal["dense", "moe", "hybrid"]
+
+
+class MoeShape(_Frozen):
+    """Mixture-of-experts numbers (config.json: n_routed_experts / num_local_experts, ...)."""
+
+    experts: int = Field(gt=0)
+    """Routed experts per MoE layer."""
+    experts_per_token: int = Field(gt=0)
+    shared_experts: int = Field(default=0, ge=0)
+    expert_intermediate_size: int = Field(gt=0)
+    """MLP width of one expert (moe_intermediate_size, or intermediate_size when all
+    layers are MoE)."""
+    dense_layers: int = Field(default=0, ge=0)
+    """Leading layers with a dense MLP of intermediate_size (first_k_dense_replace)."""
+
+
+class MlaShape(_Frozen):
+    """DeepSeek-style multi-head latent attention (config.json of DeepseekV3)."""
+
+    q_lora_rank: int = Field(gt=0)
+    kv_lora_rank: int = Field(gt=0)
+    qk_nope_head_dim: int = Field(gt=0)
+    qk_rope_head_dim: int = Field(gt=0)
+    v_head_dim: int = Field(gt=0)
+
+
 class ModelPreset(_Frozen):
     """One model: where it comes from and the numbers the memory estimate needs."""
 
     name: str
     hf_id: str
     family: str
+    architecture: Architecture = "dense"
+    """dense: the layer formula gives the parameter count; moe: plus experts; hybrid
+    (Mamba + attention): only the weight size is checked (see tests/unit/test_catalog.py)."""
     params_billion: float = Field(gt=0)
+    """All parameters (for MoE: every expert), without speculative-decoding (MTP) heads."""
+    extra_params_billion: float = Field(default=0, ge=0)
+    """Parameters outside the text decoder (a vision encoder, MTP heads)."""
     weights_gib: float = Field(gt=0)
-    """Size of the published bf16/fp16 weights."""
+    """Size of the published weights (in their published precision)."""
+    quantization: Quantization = "none"
+    """How the published weights are stored: none (bf16/fp16), fp8, mxfp4 (MoE experts),
+    awq (4-bit)."""
     context_length: int = Field(gt=0)
     layers: int = Field(gt=0)
     hidden_size: int = Field(gt=0)
     intermediate_size: int = Field(gt=0)
     gated_mlp: bool = True
     """SwiGLU-style MLP (gate, up, down) rather than two matrices (up, down)."""
+    moe: MoeShape | None = None
+    mla: MlaShape | None = None
     attention_heads: int = Field(gt=0)
     kv_heads: int = Field(gt=0)
     head_dim: int = Field(gt=0)
@@ -61,6 +105,10 @@ class ModelPreset(_Frozen):
     dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     gated: bool = False
     """Gated on Hugging Face: serving needs a model access secret."""
+    runtimes: tuple[Runtime, ...] = ("vllm", "transformers")
+    """Serving runtimes that run it, the default first."""
+    weights_source: WeightsSource = "huggingface"
+    """huggingface: downloaded from hf_id into the pod; image: shipped in the runtime image."""
     tuning: TuningSupport = TuningSupport()
     lora_target_modules: tuple[str, ...] = ()
     inference_published_gib: float | None = None
@@ -74,7 +122,16 @@ class ModelPreset(_Frozen):
 
     @property
     def kv_dim(self) -> int:
+        """Width of K (and of V) cached per token and layer. MLA caches one latent of
+        kv_lora_rank + qk_rope_head_dim for both, so half of it counts for each."""
+        if self.mla is not None:
+            return (self.mla.kv_lora_rank + self.mla.qk_rope_head_dim + 1) // 2
         return self.kv_heads * self.head_dim
+
+    @property
+    def is_best_effort(self) -> bool:
+        """Built from a Hugging Face config at admission, not from the shipped catalog."""
+        return self.family == BEST_EFFORT_FAMILY
 
     @property
     def embedding_params(self) -> int:
@@ -113,7 +170,16 @@ class Catalog(_Frozen):
         return self
 
     def preset(self, name: str) -> ModelPreset | None:
-        return self.models.get(name)
+        """The preset by its name, or by its Hugging Face id (case-insensitive), as
+        upstream's catalog accepts both."""
+        found = self.models.get(name)
+        if found is not None or "/" not in name:
+            return found
+        lowered = name.lower()
+        return next((m for m in self.models.values() if m.hf_id.lower() == lowered), None)
+
+    def tuning_presets(self) -> list[ModelPreset]:
+        return [m for m in self.models.values() if m.tuning.lora or m.tuning.qlora]
 
     def sku(self, name: str) -> GpuSku | None:
         """The SKU by name; Azure VM size names compare case-insensitively."""
@@ -147,3 +213,86 @@ def parse_catalog(models_yaml: str, skus_yaml: str) -> Catalog:
 def load_catalog() -> Catalog:
     """The catalog shipped with the package (parsed once)."""
     return parse_catalog(MODELS_FILE.read_text(), SKUS_FILE.read_text())
+
+
+# -- best-effort presets: any Hugging Face model id (upstream since v0.9) -----------------
+
+HF_CONFIG_FILE = "config.json"
+
+
+def is_hf_model_id(name: str) -> bool:
+    """Whether a preset name is a Hugging Face model id (``org/model``)."""
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and " " not in name
+
+
+def find_hf_config(hf_id: str, search_dirs: tuple[Path, ...]) -> dict[str, Any] | None:
+    """The model's config.json from a local directory, or None when none holds it.
+
+    Looks for ``<dir>/<org>/<model>/config.json`` (a plain download) and the Hugging Face
+    cache layout ``<dir>/models--<org>--<model>/snapshots/*/config.json``. No network: the
+    webhook answers within its deadline, and an operator who wants memory estimates for
+    arbitrary models mounts a directory of their configs.
+    """
+    org, model = hf_id.split("/", 1)
+    for base in search_dirs:
+        candidates = [base / org / model / HF_CONFIG_FILE]
+        snapshots = base / f"models--{org}--{model}" / "snapshots"
+        if snapshots.is_dir():
+            candidates += sorted(snapshots.glob(f"*/{HF_CONFIG_FILE}"))
+        for path in candidates:
+            try:
+                loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            if isinstance(loaded, dict):
+                return loaded
+    return None
+
+
+def _int(config: Mapping[str, Any], *keys: str) -> int | None:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def preset_from_hf_config(hf_id: str, config: Mapping[str, Any]) -> ModelPreset | None:
+    """A best-effort preset from a model's config.json (None when it lacks the numbers).
+
+    The parameter count comes from the layer formula (dense, or MoE with every expert),
+    the weight size assumes 16-bit weights; context is max_position_embeddings.
+    """
+    text = config.get("text_config")
+    if isinstance(text, Mapping):
+        config = {**config, **text}
+    hidden = _int(config, "hidden_size", "n_embd", "d_model")
+    layers = _int(config, "num_hidden_layers", "n_layer", "num_layers")
+    heads = _int(config, "num_attention_heads", "n_head")
+    vocab = _int(config, "vocab_size")
+    if None in (hidden, layers, heads, vocab):
+        return None
+    assert hidden is not None and layers is not None and heads is not None
+    assert vocab is not None
+    intermediate = _int(config, "intermediate_size", "ffn_dim", "n_inner") or 4 * hidden
+    kv_heads = _int(config, "num_key_value_heads", "num_kv_heads") or heads
+    head_dim = _int(config, "head_dim") or hidden // heads
+    tied = bool(config.get("tie_word_embeddings", False))
+    experts = _int(config, "num_local_experts", "n_routed_experts", "num_experts")
+    per_token = _int(config, "num_experts_per_tok", "experts_per_token") or 1
+    expert_width = _int(config, "moe_intermediate_size") or intermediate
+    attention = 2 * hidden * heads * head_dim + 2 * hidden * kv_heads * head_dim
+    mlp = 3 * hidden * (expert_width * experts if experts else intermediate)
+    params = layers * (attention + mlp) + vocab * hidden * (1 if tied else 2)
+    moe = (MoeShape(experts=experts, experts_per_token=min(per_token, experts),
+                    expert_intermediate_size=expert_width) if experts else None)
+    return ModelPreset(
+        name=hf_id, hf_id=hf_id, family=BEST_EFFORT_FAMILY,
+        architecture="moe" if moe else "dense",
+        params_billion=params / 1e9, weights_gib=2 * params / GIB,
+        context_length=_int(config, "max_position_embeddings", "n_positions") or 4096,
+        layers=layers, hidden_size=hidden, intermediate_size=intermediate, moe=moe,
+        attention_heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
+        tie_word_embeddings=tied, runtimes=("vllm",),
+    )
