@@ -109,7 +109,10 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
         settings=WorkspaceSettings(
             workload=WorkloadSettings(runtime_image=options.runtime_image,
                                       image_pull_policy=options.image_pull_policy,
-                                      tuning_backoff_limit=options.tuning_backoff_limit),
+                                      tuning_backoff_limit=options.tuning_backoff_limit,
+                                      fetch_allow_cidrs=tuple(
+                                          str(n) for n in options.fetch_allow_cidrs),
+                                      plain_http_registries=options.plain_http_registries),
             can_provision=options.node_provisioning,
             use_machines=options.use_machines,
             progress_interval_seconds=options.progress_interval_seconds,

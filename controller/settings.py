@@ -10,10 +10,10 @@ import os
 import socket
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, IPvAnyNetwork, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_identity() -> str:
@@ -72,6 +72,18 @@ class WorkspaceControllerSettings(BaseModel):
     use_machines: bool = False  # legacy karpenter.sh/v1alpha5 Machines instead of NodeClaims
     progress_interval_seconds: float = Field(default=15.0, gt=0)
     tuning_backoff_limit: int = Field(default=2, ge=0, le=10)
+    # In-cluster data servers `kaito fetch` may download from (comma-separated CIDRs in
+    # KAITO_WORKSPACE__FETCH_ALLOW_CIDRS); empty: public addresses only.
+    fetch_allow_cidrs: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
+    # Registries (host:port) reached over plain HTTP, e.g. a test registry in the cluster.
+    plain_http_registries: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("fetch_allow_cidrs", "plain_http_registries", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
 
 class ControllerSettings(BaseSettings):

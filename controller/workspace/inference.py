@@ -211,7 +211,7 @@ def build_inference_workload(
     volumes = scratch_volumes()
     init_containers: list[JsonDict] = []
     mounts = scratch_mounts()
-    env = runtime_env()
+    env = runtime_env(settings)
 
     if preset.name in IMAGE_WEIGHTS_PRESETS:
         model = preset.name

@@ -27,7 +27,6 @@ from controller.workspace.workload import (
     object_metadata,
     pod_spec_base,
     runtime_container,
-    runtime_env,
     scratch_mounts,
     scratch_volumes,
     workspace_name,
@@ -77,15 +76,10 @@ def _data_sources(
     urls = list(source.urls or []) if source is not None else []
     if not urls:
         return volumes, [], []
-    env = None
-    if settings.fetch_allow_cidrs:
-        env = [*runtime_env(),
-               {"name": "KAITO_FETCH_ALLOW_CIDRS", "value": ",".join(settings.fetch_allow_cidrs)}]
     fetch = runtime_container(
         "fetch-data",
         settings,
         args=["fetch", "--dest", DATA_DIR, *urls],
-        env=env,
         mounts=[*scratch_mounts(with_shm=False), data_mount],
     )
     return volumes, [fetch], []

@@ -51,6 +51,9 @@ class WorkloadSettings:
     fetch_allow_cidrs: tuple[str, ...] = ()
     """CIDRs ``kaito fetch`` may download from although they are not global (in-cluster
     data servers); empty: public addresses only."""
+    plain_http_registries: tuple[str, ...] = ()
+    """Registries (host:port) the runtime reaches over plain HTTP (an in-cluster test
+    registry); every other registry is HTTPS."""
 
 
 def bounded_name(base: str, suffix: str = "", limit: int = MAX_NAME_LENGTH) -> str:
@@ -207,9 +210,17 @@ def scratch_mounts(*, with_shm: bool = True) -> list[JsonDict]:
     return mounts
 
 
-def runtime_env() -> list[JsonDict]:
-    """Point every library cache at the writable cache volume."""
-    return [
+def runtime_env(settings: WorkloadSettings | None = None) -> list[JsonDict]:
+    """Point every library cache at the writable cache volume, and pass on the operator's
+    network allowances (in-cluster data servers, plain-HTTP registries)."""
+    allowances: list[JsonDict] = []
+    if settings is not None and settings.fetch_allow_cidrs:
+        allowances.append({"name": "KAITO_FETCH_ALLOW_CIDRS",
+                           "value": ",".join(settings.fetch_allow_cidrs)})
+    if settings is not None and settings.plain_http_registries:
+        allowances.append({"name": "KAITO_REGISTRY_PLAIN_HTTP",
+                           "value": ",".join(settings.plain_http_registries)})
+    return allowances + [
         {"name": "HOME", "value": TMP_DIR},
         {"name": "XDG_CACHE_HOME", "value": CACHE_DIR},
         {"name": "HF_HOME", "value": f"{CACHE_DIR}/huggingface"},
@@ -236,7 +247,7 @@ def fetch_model_init_container(
 ) -> JsonDict:
     """An init container downloading the model's weights into /mnt/model (HF_TOKEN from
     the model access secret: the token never appears in the pod spec)."""
-    env = runtime_env()
+    env = runtime_env(settings)
     if secret_name:
         env.append({
             "name": "HF_TOKEN",
@@ -268,7 +279,7 @@ def runtime_container(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["kaito"],
         "args": args,
-        "env": runtime_env() if env is None else env,
+        "env": runtime_env(settings) if env is None else env,
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
         "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -3,6 +3,11 @@
 `up` starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok in
 the background with simulated GPU nodes, writes their pids to a state file and prints
 the KUBECONFIG to use with kubectl; `down` stops them and removes the folder.
+
+`up --real-node` adds a real node (kaito/devcluster/realnode.py): containerd, a kubelet
+and kube-proxy that run pods on this machine, with the project's images loaded from the
+local image registry (hack/images.sh). `down` then also stops every container and puts
+back what the node changed on the host.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import time
 from pathlib import Path
 
 from kaito.devcluster.cluster import LocalCluster, find_binaries
+from kaito.devcluster.images import project_images
+from kaito.devcluster.realnode import RealCluster, RealNodeHost, stop_node_processes
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaito-dev"
 
@@ -28,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="simulated GPU nodes to create on up (default 1)")
     parser.add_argument("--instance-type", default="Standard_NC6s_v3",
                         help="instance type label of the simulated nodes")
+    parser.add_argument("--real-node", action="store_true",
+                        help="add a real node (containerd + kubelet + kube-proxy) that runs "
+                             "pods on this machine; needs root")
 
 
 def _state_path(directory: Path) -> Path:
@@ -59,16 +69,36 @@ def _running_pids(state: dict[str, object]) -> dict[str, int]:
     return {name: int(pid) for name, pid in pids.items() if _alive(int(pid))}
 
 
-def ensure_up(directory: Path, *, gpu_nodes: int, instance_type: str) -> dict[str, object]:
+def ensure_up(
+    directory: Path, *, gpu_nodes: int, instance_type: str, real_node: bool = False,
+) -> dict[str, object]:
     """Starts the cluster unless it already runs; returns its state."""
     state = _read_state(directory)
     if state and _running_pids(state):
+        if real_node and not state.get("real_node"):
+            raise SystemExit("a cluster without a real node runs here: `kaito dev down` first")
         return {**state, "is_reused": True}
     if directory.exists():
         _stop(directory)
     started = time.monotonic()
-    cluster = LocalCluster(directory, find_binaries(), with_nodes=True)
-    cluster.start()
+    node_state: dict[str, object] = {}
+    if real_node:
+        real = start_real_cluster(directory / "real", instance_type=instance_type)
+        cluster = real.cluster
+        node_state = {
+            "real_node": {
+                "workdir": str(real.workdir),
+                "socket": str(real.node.socket),
+                "kube_proxy": str(cluster.bin_dir / "kube-proxy"),
+                "node_pids": real.node.pids(),
+                "node_dirs": [str(d) for d in real.node.node_dirs],
+                "node_name": real.node.node_name,
+                "images": real.node.images,
+            },
+        }
+    else:
+        cluster = LocalCluster(directory, find_binaries(), with_nodes=True)
+        cluster.start()
     for index in range(gpu_nodes):
         cluster.create_gpu_node(f"gpu-node-{index}", instance_type=instance_type)
     state = {
@@ -77,6 +107,7 @@ def ensure_up(directory: Path, *, gpu_nodes: int, instance_type: str) -> dict[st
         "logs": str(cluster.log_dir),
         "pids": cluster.pids(),
         "started_seconds": round(time.monotonic() - started, 1),
+        **node_state,
     }
     _state_path(directory).write_text(json.dumps(state, indent=2))
     return state
@@ -91,8 +122,20 @@ def add_process(directory: Path, name: str, pid: int) -> None:
     _state_path(directory).write_text(json.dumps(state, indent=2))
 
 
+def start_real_cluster(workdir: Path, *, instance_type: str) -> RealCluster:
+    """The control plane on the bridge plus a real node with the project's images."""
+    images = project_images()
+    real = RealCluster(
+        workdir, find_binaries(), sandbox_image=images.pods["pause"],
+        images=images.pull_map(), image_registry=images.registry,
+        instance_type=instance_type)
+    real.start()
+    return real
+
+
 def up(args: argparse.Namespace) -> int:
-    state = ensure_up(args.dir, gpu_nodes=args.gpu_nodes, instance_type=args.instance_type)
+    state = ensure_up(args.dir, gpu_nodes=0 if args.real_node else args.gpu_nodes,
+                      instance_type=args.instance_type, real_node=args.real_node)
     if state.get("is_reused"):
         print(f"already up at {state['server']}")
     else:
@@ -110,6 +153,12 @@ def down(args: argparse.Namespace) -> int:
 
 def _stop(directory: Path) -> int:
     state = _read_state(directory)
+    real = state.get("real_node") if state else None
+    if isinstance(real, dict):
+        # The node first: its containers, kube-proxy's rules, containerd, then the host.
+        stop_node_processes(
+            {k: int(v) for k, v in real["node_pids"].items()}, socket=Path(real["socket"]),
+            kube_proxy=Path(real["kube_proxy"]), workdir=Path(real["workdir"]))
     pids = _running_pids(state) if state else {}
     for pid in pids.values():
         os.kill(pid, signal.SIGTERM)
@@ -119,6 +168,10 @@ def _stop(directory: Path) -> int:
     for pid in pids.values():
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+    if isinstance(real, dict):
+        host = RealNodeHost(Path(real["workdir"]))
+        for change in host.restore(tuple(Path(d) for d in real["node_dirs"])):
+            print(f"restored: {change}")
     shutil.rmtree(directory, ignore_errors=True)
     return len(pids)
 

@@ -555,3 +555,17 @@ def test_long_workspace_names_still_give_valid_object_names() -> None:
     assert len(config_map["metadata"]["name"]) <= 63
     for text in (statefulset["metadata"]["name"], headless["metadata"]["name"]):
         assert DNS_LABEL.match(text)
+
+
+def test_operator_network_allowances_reach_every_runtime_container() -> None:
+    """An in-cluster data server and a plain-HTTP registry are allowed by the operator's
+    settings, passed to the fetch, tuner and adapter-pull containers alike."""
+    from controller.workspace.workload import runtime_env
+
+    settings = WorkloadSettings(fetch_allow_cidrs=("10.244.0.1/32",),
+                                plain_http_registries=("10.244.0.1:5002",))
+    env = {item["name"]: item["value"] for item in runtime_env(settings)}
+    assert env["KAITO_FETCH_ALLOW_CIDRS"] == "10.244.0.1/32"
+    assert env["KAITO_REGISTRY_PLAIN_HTTP"] == "10.244.0.1:5002"
+    plain = {item["name"] for item in runtime_env(WorkloadSettings())}
+    assert "KAITO_FETCH_ALLOW_CIDRS" not in plain and "KAITO_REGISTRY_PLAIN_HTTP" not in plain
