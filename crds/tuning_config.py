@@ -365,3 +365,64 @@ def load_training_config(path: Path, method: Method | None) -> TrainingConfig:
         return parse_training_config_text(text, method)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
+
+
+# -- the default configs (upstream's lora-params-template / qlora-params-template) -------
+
+DEFAULT_TEMPLATE_NAMES: dict[str, str] = {
+    "lora": "lora-params-template",
+    "qlora": "qlora-params-template",
+}
+
+
+def template_name(method: str) -> str:
+    """The name of the operator's default ConfigMap for ``method`` (lora when unknown)."""
+    return DEFAULT_TEMPLATE_NAMES.get(method, DEFAULT_TEMPLATE_NAMES["lora"])
+
+
+def is_template_name(name: str | None) -> bool:
+    return name in DEFAULT_TEMPLATE_NAMES.values()
+
+
+def default_config_document(method: Method) -> dict[str, Any]:
+    """The method's default ``training_config.yaml`` document: upstream's template with
+    two changes. Dtypes are ``auto`` (the runtime picks what the GPU computes: V100 and T4
+    have no bfloat16), and DataCollator.mlm is false (upstream writes true, which a causal
+    LM cannot use; the runtime always trains causally)."""
+    quantization: dict[str, Any] = {"load_in_4bit": False}
+    if method == "qlora":
+        quantization = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                        "bnb_4bit_compute_dtype": "auto", "bnb_4bit_use_double_quant": True}
+    return {"training_config": {
+        "ModelConfig": {"torch_dtype": "auto", "local_files_only": True, "device_map": "auto"},
+        "QuantizationConfig": quantization,
+        "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
+        "TrainingArguments": {"output_dir": "/mnt/results", "ddp_find_unused_parameters": False,
+                              "save_strategy": "epoch", "per_device_train_batch_size": 1},
+        "DataCollator": {"mlm": False},
+        "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
+    }}
+
+
+def default_config_text(method: Method) -> str:
+    return yaml.safe_dump(default_config_document(method), sort_keys=False)
+
+
+def with_target_modules(text: str, target_modules: list[str] | tuple[str, ...]) -> str:
+    """The config text with LoraConfig.target_modules set to the preset's modules, unless
+    the config names its own (the user's choice wins). Unparsable text is returned as is:
+    the parse that follows reports it."""
+    if not target_modules:
+        return text
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    body = document.get("training_config") if isinstance(document, dict) else None
+    if not isinstance(body, dict):
+        return text
+    lora = body.get("LoraConfig") or {}
+    if not isinstance(lora, dict) or lora.get("target_modules"):
+        return text
+    body["LoraConfig"] = {**lora, "target_modules": list(target_modules)}
+    return yaml.safe_dump(document, sort_keys=False)

@@ -44,12 +44,31 @@ class LocalObjectReference(ApiModel):
     """Name of the referent."""
 
 
+PartitionMode = Literal["mig", "accelerator"]
+PARTITION_MODES: tuple[str, ...] = ("mig", "accelerator")
+
+
+class PartitionSpec(ApiModel):
+    """A share of a GPU for the workload, on bring-your-own nodes only (node auto-provisioning
+    disabled, instanceType empty); inference only."""
+
+    mode: PartitionMode
+    """The partitioning technology: mig (NVIDIA Multi-Instance GPU slices) or accelerator
+    (a count of accelerator partitions the nodes' device plugin advertises)."""
+    profile: str | None = None
+    """mig: the MIG profile, e.g. 1g.10gb or 3g.40gb (required); each pod gets one slice."""
+    count: int | None = Field(default=None, ge=1)
+    """accelerator: how many partitions each pod requests (default 1)."""
+
+
 class ResourceSpec(ApiModel):
     """The GPU nodes the workload runs on."""
 
     instance_type: str | None = None
-    """The GPU node SKU, e.g. Standard_NC6s_v3. When empty the webhook picks the cheapest SKU
-    whose GPU memory fits the preset."""
+    """The GPU node SKU, e.g. Standard_NC6s_v3. With node auto-provisioning (the default) it
+    must be a known SKU, and when empty the webhook picks the cheapest SKU whose GPU memory
+    fits the preset. With bring-your-own nodes any value (or none) is accepted: GPU count
+    and memory come from the nodes' nvidia.com/gpu.* labels."""
     count: int | None = Field(default=None, ge=0)
     """Deprecated: the number of nodes. When empty it is derived from the preset's GPU memory
     estimate; tuning always uses one node."""
@@ -57,6 +76,9 @@ class ResourceSpec(ApiModel):
     """Selects the nodes the workload may use; provisioned nodes get these labels."""
     preferred_nodes: list[str] | None = None
     """Deprecated: names of existing nodes to use before provisioning new ones."""
+    partition: PartitionSpec | None = None
+    """GPU partitioning (MIG slices or accelerator partitions) on bring-your-own nodes;
+    refused for tuning and immutable."""
 
 
 class PresetOptions(ApiModel):
@@ -68,6 +90,11 @@ class PresetOptions(ApiModel):
     """Names of Secrets used to pull the image."""
     model_access_secret: str | None = None
     """Name of a Secret holding an access token for a gated model (HF_TOKEN)."""
+    model_weights_pvc: str | None = Field(default=None, alias="modelWeightsPVC")
+    """A PersistentVolumeClaim in the workspace's namespace holding the model weights, used
+    instead of downloading them (inference only)."""
+    model_weights_sub_path: str | None = None
+    """A directory inside modelWeightsPVC where the weights are (needs modelWeightsPVC)."""
 
 
 class PresetSpec(ApiModel):
@@ -198,6 +225,26 @@ class TuningProgress(ApiModel):
     """When the controller last read the pod's progress (RFC 3339)."""
 
 
+class Metric(ApiModel):
+    """One benchmark measurement."""
+
+    description: str = ""
+    """The benchmark and load pattern, e.g. stress/high-concurrency."""
+    value: str = ""
+    """The measured value, as text."""
+    unit: str | None = None
+    """The value's unit, e.g. tokens/min."""
+    config: dict[str, str] | None = None
+    """The benchmark's parameters."""
+
+
+class Performance(ApiModel):
+    """Metrics of a benchmark run after the model loaded (upstream v1beta1)."""
+
+    metrics: dict[str, Metric] | None = None
+    """Metric name (e.g. peakTokensPerMinute) to its measurement."""
+
+
 class WorkspaceStatus(ApiModel):
     """What the controller observed."""
 
@@ -212,6 +259,8 @@ class WorkspaceStatus(ApiModel):
     """How many nodes the workspace needs."""
     tuning: TuningProgress | None = None
     """Progress of the tuning Job (tuning workspaces only)."""
+    performance: Performance | None = None
+    """Benchmark metrics of the served model (upstream v1beta1; not measured here yet)."""
 
 
 class Workspace(ApiModel):

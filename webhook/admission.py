@@ -10,12 +10,15 @@ import asyncio
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import jsonpatch
 from pydantic import ValidationError
 
 from crds.addresses import Network
+from crds.tuning_config import CONFIG_KEY, default_config_text, is_template_name, template_name
 from crds.workspace import Workspace
 from presets.catalog import Catalog
 from webhook.defaulting import default, deprecation_warnings
@@ -37,6 +40,23 @@ async def _run(offload: bool, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P
     if offload:
         return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
     return fn(*args, **kwargs)
+
+
+DEFAULT_OPERATOR_NAMESPACE = "kaito-system"
+
+
+@dataclass(frozen=True)
+class AdmissionOptions:
+    """The operator's choices that change admission decisions."""
+
+    allowed_networks: Sequence[Network] = ()
+    """Non-public networks tuning input URLs may point at."""
+    operator_namespace: str = DEFAULT_OPERATOR_NAMESPACE
+    """Where the default tuning configs (lora-/qlora-params-template) live."""
+    node_provisioning: bool = True
+    """False: bring-your-own nodes (upstream's disableNodeAutoProvisioning)."""
+    hf_config_dirs: tuple[Path, ...] = ()
+    """Local config.json files for best-effort Hugging Face presets."""
 
 
 class ConfigMapUnavailable(Exception):
@@ -75,20 +95,41 @@ def _parse_pair(
     return parsed, (old if isinstance(old, Workspace) else None)
 
 
+def _config_name(ws: Workspace) -> str:
+    assert ws.tuning is not None
+    return ws.tuning.config or template_name(ws.tuning.method or "lora")
+
+
 def _default_patch(parsed: Workspace, old: Workspace | None, presets: Catalog,
-                   config: TrainingConfig | None) -> list[dict[str, Any]]:
-    defaulted = default(parsed, presets, old=old, tuning_config=config)
+                   config: TrainingConfig | None,
+                   node_provisioning: bool = True) -> list[dict[str, Any]]:
+    defaulted = default(parsed, presets, old=old, tuning_config=config,
+                        node_provisioning=node_provisioning)
     before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
     after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
     return list(jsonpatch.make_patch(before, after))
 
 
 async def _config_data(
-    ws: Workspace, namespace: str, reader: ConfigMapReader
+    ws: Workspace, namespace: str, reader: ConfigMapReader, operator_namespace: str
 ) -> dict[str, str] | None:
-    if ws.tuning is None or not ws.tuning.config:
+    """The tuning config's ConfigMap data, found as upstream finds it: the named ConfigMap
+    in the workspace's namespace; a default template's name (or no name: the method's
+    template) falls back to the operator's namespace; a missing template under no name is
+    the built-in default (the controller does the same)."""
+    if ws.tuning is None:
         return None
-    return await reader.read(namespace, ws.tuning.config)
+    name = ws.tuning.config
+    if name:
+        data = await reader.read(namespace, name)
+        if data is None and is_template_name(name):
+            data = await reader.read(operator_namespace, name)
+        return data
+    method = ws.tuning.method or "lora"
+    data = await reader.read(operator_namespace, template_name(method))
+    if data is None and method in ("lora", "qlora"):
+        data = {CONFIG_KEY: default_config_text("qlora" if method == "qlora" else "lora")}
+    return data
 
 
 def _namespace(review: AdmissionReview, ws: Workspace) -> str:
@@ -96,7 +137,8 @@ def _namespace(review: AdmissionReview, ws: Workspace) -> str:
 
 
 async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader,
-                 *, offload: bool = False) -> dict[str, Any]:
+                 *, offload: bool = False,
+                 options: AdmissionOptions | None = None) -> dict[str, Any]:
     """Defaults as a JSONPatch; objects the validator will deny pass through untouched."""
     request = review.request
     if request.operation not in ("CREATE", "UPDATE") or request.object is None:
@@ -104,23 +146,28 @@ async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapRea
     parsed, old = await _run(offload, _parse_pair, request.object, request.old_object)
     if isinstance(parsed, list):
         return denied(request.uid, join(parsed))
+    options = options or AdmissionOptions()
     config: TrainingConfig | None = None
     try:
-        data = await _config_data(parsed, _namespace(review, parsed), reader)
+        data = await _config_data(parsed, _namespace(review, parsed), reader,
+                                  options.operator_namespace)
     except ConfigMapUnavailable as error:
         return denied(request.uid, f"tuning.config: could not read the ConfigMap: {error}",
                       code=503, reason="ServiceUnavailable")
-    if parsed.tuning is not None and parsed.tuning.config:
-        config, _ = parse_tuning_config(parsed.tuning.config, data, parsed.tuning.method)
-    patch = await _run(offload, _default_patch, parsed, old, presets, config)
+    if parsed.tuning is not None and data is not None:
+        config, _ = parse_tuning_config(_config_name(parsed), data, parsed.tuning.method)
+    patch = await _run(offload, _default_patch, parsed, old, presets, config,
+                       options.node_provisioning)
     warnings = deprecation_warnings(parsed) if request.operation == "CREATE" else []
     return allowed(request.uid, patch=patch, warnings=warnings)
 
 
 async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapReader,
                 *, offload: bool = False,
-                allowed_networks: Sequence[Network] = ()) -> dict[str, Any]:
+                allowed_networks: Sequence[Network] = (),
+                options: AdmissionOptions | None = None) -> dict[str, Any]:
     """Admits or denies with every problem named by its field path."""
+    options = options or AdmissionOptions(allowed_networks=allowed_networks)
     request = review.request
     if request.operation not in ("CREATE", "UPDATE") or request.object is None:
         return allowed(request.uid)
@@ -132,16 +179,19 @@ async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapRead
     if old is not None and spec_unchanged(parsed, old):
         return allowed(request.uid)  # metadata-only update: no rule (and no I/O) applies
     try:
-        data = await _config_data(parsed, _namespace(review, parsed), reader)
+        data = await _config_data(parsed, _namespace(review, parsed), reader,
+                                  options.operator_namespace)
     except ConfigMapUnavailable as error:
         return denied(request.uid, f"tuning.config: could not read the ConfigMap: {error}",
                       code=503, reason="ServiceUnavailable")
     errors = await _run(offload, validate, parsed, old, presets, tuning_config_data=data,
-                        allowed_networks=allowed_networks)
+                        allowed_networks=options.allowed_networks,
+                        node_provisioning=options.node_provisioning,
+                        hf_config_dirs=options.hf_config_dirs)
     if errors:
         log.info("workspace denied", extra={"uid": request.uid, "workspace": parsed.metadata.name,
                                             "errors": len(errors)})
         return denied(request.uid, join(errors))
     warnings = await _run(offload, admission_warnings, parsed, presets,
-                          tuning_config_data=data)
+                          tuning_config_data=data, hf_config_dirs=options.hf_config_dirs)
     return allowed(request.uid, warnings=warnings)

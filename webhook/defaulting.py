@@ -30,8 +30,11 @@ def default(
     *,
     old: Workspace | None = None,
     tuning_config: TrainingConfig | None = None,
+    node_provisioning: bool = True,
 ) -> Workspace:
-    """A copy of the workspace with defaults filled in."""
+    """A copy of the workspace with defaults filled in. With bring-your-own nodes
+    (``node_provisioning`` False) or a GPU partition no instance type is chosen: the
+    nodes are the user's, and the controller reads their GPUs from their labels."""
     ws = ws.model_copy(deep=True)
     resource = ws.resource
     if resource is None:
@@ -42,9 +45,10 @@ def default(
         if resource.count is None:
             resource.count = old.resource.count
 
+    may_choose_sku = node_provisioning and resource.partition is None
     if ws.tuning is not None and ws.inference is None:
         plan = tuning_plan(ws, presets, tuning_config)
-        if not resource.instance_type and plan is not None:
+        if not resource.instance_type and plan is not None and may_choose_sku:
             sku = cheapest_tuning_sku(presets, tuning_estimate(plan.preset, plan.shape))
             if sku is not None:
                 resource.instance_type = sku.name
@@ -55,9 +59,9 @@ def default(
         preset_spec = ws.inference.preset
         preset = presets.preset(preset_spec.name) if preset_spec is not None else None
         if preset is not None and ws.inference.template is None:
-            if not resource.instance_type:
+            if not resource.instance_type and may_choose_sku:
                 resource.instance_type = cheapest_inference_sku(presets, preset).name
-            sku = presets.sku(resource.instance_type)
+            sku = presets.sku(resource.instance_type or "")
             if resource.count is None and sku is not None:
                 resource.count = inference_node_count(preset, sku)
         elif resource.count is None and ws.inference.template is not None:

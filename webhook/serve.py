@@ -24,7 +24,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from presets.catalog import load_catalog
-from webhook.admission import ConfigMapReader
+from webhook.admission import AdmissionOptions, ConfigMapReader
 from webhook.certs import Bundle, next_bundle
 from webhook.kube import (
     CertificateStore,
@@ -197,9 +197,12 @@ async def serve(settings: WebhookSettings, stop: asyncio.Event) -> None:
             rotator = CertRotator(api, settings, tls, cert_dir)
             await rotator.first_sync()
             background.append(asyncio.create_task(rotator.run(), name="webhook-cert-rotation"))
+        options = AdmissionOptions(
+            allowed_networks=settings.fetch_allow_cidrs, operator_namespace=settings.namespace,
+            node_provisioning=settings.node_provisioning,
+            hf_config_dirs=settings.hf_config_dirs)
         app = build_app(load_catalog(), reader, metrics=WebhookMetrics(),
-                        ready=lambda: tls.is_loaded,
-                        allowed_networks=settings.fetch_allow_cidrs)
+                        ready=lambda: tls.is_loaded, options=options)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         try:

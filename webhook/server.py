@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from crds.addresses import Network
 from presets.catalog import Catalog
-from webhook.admission import ConfigMapReader, check, mutate
+from webhook.admission import AdmissionOptions, ConfigMapReader, check, mutate
 from webhook.metrics import WebhookMetrics
 from webhook.review import AdmissionReview, MalformedReview, denied, parse_review
 
@@ -103,23 +103,30 @@ def build_app(
     metrics: WebhookMetrics | None = None,
     ready: Callable[[], bool] = lambda: True,
     allowed_networks: Sequence[Network] = (),
+    options: AdmissionOptions | None = None,
 ) -> web.Application:
     """The webhook application; the caller owns serving it (TLS, runner).
 
-    ``allowed_networks``: non-public networks tuning input URLs may point at."""
-    networks = tuple(allowed_networks)
+    ``allowed_networks``: non-public networks tuning input URLs may point at (used when
+    ``options`` is not given)."""
+    chosen = options or AdmissionOptions(allowed_networks=tuple(allowed_networks))
 
     async def validate_workspace(review: AdmissionReview, presets: Catalog,
                                  reader: ConfigMapReader, *,
                                  offload: bool = False) -> dict[str, Any]:
-        return await check(review, presets, reader, offload=offload, allowed_networks=networks)
+        return await check(review, presets, reader, offload=offload, options=chosen)
+
+    async def mutate_workspace(review: AdmissionReview, presets: Catalog,
+                               reader: ConfigMapReader, *,
+                               offload: bool = False) -> dict[str, Any]:
+        return await mutate(review, presets, reader, offload=offload, options=chosen)
 
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CATALOG] = catalog
     app[CONFIGMAPS] = configmaps
     app[METRICS] = metrics or WebhookMetrics()
     app[READY] = ready
-    app.router.add_post(MUTATE_PATH, _admission_handler(MUTATE_PATH, mutate))
+    app.router.add_post(MUTATE_PATH, _admission_handler(MUTATE_PATH, mutate_workspace))
     app.router.add_post(VALIDATE_PATH, _admission_handler(VALIDATE_PATH, validate_workspace))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

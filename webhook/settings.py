@@ -47,6 +47,16 @@ class WebhookSettings(BaseSettings):
     """Non-public networks tuning input URLs may point at (in-cluster data servers), comma
     separated; empty: public addresses only. Keep it equal to the controller's list, which
     the tuning pod's downloader enforces again on the address it connects to."""
+    node_provisioning: bool = True
+    """False: bring-your-own nodes (upstream's disableNodeAutoProvisioning). Instance types
+    the SKU table does not know (and placeholders) are admitted, resource.partition is
+    allowed, and GPU fit is checked by the controller against the nodes' GPU labels. Keep
+    it equal to the controller's KAITO_WORKSPACE__NODE_PROVISIONING."""
+    hf_config_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
+    """Directories holding Hugging Face config.json files (plain <org>/<model>/ or the HF
+    cache layout), comma separated: a preset named by a Hugging Face id that is not in the
+    catalog gets a memory estimate from its config there; without one it is admitted
+    best-effort with a warning."""
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 
@@ -57,6 +67,13 @@ class WebhookSettings(BaseSettings):
             return parse_networks([value])
         if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
             return parse_networks(value)
+        return value
+
+    @field_validator("hf_config_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(Path(item) for item in value.split(",") if item.strip())
         return value
 
     def dns_names(self) -> list[str]:

@@ -10,10 +10,18 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from crds.addresses import Network, url_problem
+from crds.tuning_config import template_name
 from crds.workspace import TUNING_METHODS, Workspace
-from presets.catalog import Catalog
+from presets.catalog import (
+    Catalog,
+    ModelPreset,
+    find_hf_config,
+    is_hf_model_id,
+    preset_from_hf_config,
+)
 from webhook.errors import FieldError
 from webhook.fit import inference_fit_errors, tuning_fit_errors, tuning_plan
 from webhook.tuning_config import computes_in_bfloat16, config_warnings, parse_tuning_config
@@ -22,6 +30,28 @@ MAX_ADAPTERS = 10
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _RESERVED_LABEL_PREFIXES = ("kaito.sh/workspace", "karpenter.sh/")
 _ALLOW_HINT = "an operator can allow a network with KAITO_WEBHOOK_FETCH_ALLOW_CIDRS"
+_PLACEHOLDER = re.compile(r"[<>]|^\$\{|_HERE\b")
+_MIG_PROFILE = re.compile(r"^[1-9][0-9]*g\.[1-9][0-9]*gb$")
+_BYO_HINT = ("with node auto-provisioning disabled (KAITO_WEBHOOK_NODE_PROVISIONING=false, "
+             "upstream's disableNodeAutoProvisioning) any instance type of your own nodes is "
+             "accepted")
+
+
+def resolve_preset(
+    catalog: Catalog, name: str, hf_config_dirs: Sequence[Path] = ()
+) -> ModelPreset | None:
+    """The catalog's preset (by name or Hugging Face id), else a best-effort preset built
+    from the model's config.json when one of ``hf_config_dirs`` holds it."""
+    preset = catalog.preset(name)
+    if preset is not None or not is_hf_model_id(name):
+        return preset
+    config = find_hf_config(name, tuple(hf_config_dirs))
+    return preset_from_hf_config(name, config) if config is not None else None
+
+
+def is_placeholder(value: str) -> bool:
+    """Whether an instance type is a template placeholder such as <your-vm-sku>."""
+    return bool(_PLACEHOLDER.search(value))
 
 
 def validate(
@@ -31,10 +61,16 @@ def validate(
     *,
     tuning_config_data: dict[str, str] | None = None,
     allowed_networks: Sequence[Network] = (),
+    node_provisioning: bool = True,
+    hf_config_dirs: Sequence[Path] = (),
 ) -> list[FieldError]:
     """All problems with `new` (an update when `old` is given); empty means admitted.
 
     `allowed_networks`: the operator's non-public networks tuning urls may point at.
+    `node_provisioning`: False is bring-your-own nodes (unknown instance types and
+    resource.partition allowed; GPU fit is the controller's, from the nodes' labels).
+    `tuning_config_data`: the tuning ConfigMap's data (for an empty tuning.config, the
+    method's default template's), None when it does not exist.
 
     An update that leaves resource/inference/tuning as they were (metadata only: labels,
     finalizers, annotations) is always admitted, so a ConfigMap deleted after creation or a
@@ -47,11 +83,12 @@ def validate(
     if has_inference == has_tuning:
         errors.append(FieldError("inference", "Invalid value" if has_tuning else "Required value",
                                  "exactly one of inference or tuning must be set"))
-    errors += _resource_errors(new, presets)
+    errors += _resource_errors(new, presets, node_provisioning)
     if has_inference and not has_tuning:
-        errors += _inference_errors(new, presets)
+        errors += _inference_errors(new, presets, node_provisioning, hf_config_dirs)
     if has_tuning and not has_inference:
-        errors += _tuning_errors(new, presets, tuning_config_data, allowed_networks)
+        errors += _tuning_errors(new, presets, tuning_config_data, allowed_networks,
+                                 node_provisioning)
     if old is not None:
         errors += _update_errors(new, old)
     return errors
@@ -74,7 +111,8 @@ def _name_errors(ws: Workspace) -> list[FieldError]:
     )]
 
 
-def _resource_errors(ws: Workspace, presets: Catalog) -> list[FieldError]:
+def _resource_errors(ws: Workspace, presets: Catalog,
+                     node_provisioning: bool = True) -> list[FieldError]:
     resource = ws.resource
     if resource is None:
         return [FieldError("resource", "Required value", "resource.labelSelector is required")]
@@ -92,15 +130,60 @@ def _resource_errors(ws: Workspace, presets: Catalog) -> list[FieldError]:
             "uses only reserved label keys (kaito.sh/workspace*, karpenter.sh/*); add a label "
             "of your own", keys,
         ))
-    if resource.instance_type and presets.sku(resource.instance_type) is None:
-        errors.append(FieldError(
-            "resource.instanceType", "Unsupported value",
-            "not a known GPU instance type (see presets/skus.yaml)", resource.instance_type,
-        ))
+    instance_type = resource.instance_type
+    if instance_type and node_provisioning and presets.sku(instance_type) is None:
+        what = ("is a placeholder, not an instance type" if is_placeholder(instance_type)
+                else "is not a known GPU instance type (see presets/skus.yaml)")
+        errors.append(FieldError("resource.instanceType", "Unsupported value",
+                                 f"{what}; {_BYO_HINT}", instance_type))
+    errors += _partition_errors(ws, node_provisioning)
     return errors
 
 
-def _inference_errors(ws: Workspace, presets: Catalog) -> list[FieldError]:
+def _partition_errors(ws: Workspace, node_provisioning: bool) -> list[FieldError]:
+    """Upstream's rules: partitions are for inference on bring-your-own nodes only."""
+    assert ws.resource is not None
+    partition = ws.resource.partition
+    if partition is None:
+        return []
+    path = "resource.partition"
+    errors: list[FieldError] = []
+    if ws.tuning is not None:
+        errors.append(FieldError(path, "Forbidden", "GPU partitions are not supported for "
+                                                    "tuning"))
+    if node_provisioning:
+        errors.append(FieldError(path, "Forbidden",
+                                 "GPU partitions need bring-your-own nodes: disable node "
+                                 "auto-provisioning (KAITO_WEBHOOK_NODE_PROVISIONING=false)"))
+    if ws.resource.instance_type:
+        errors.append(FieldError("resource.instanceType", "Forbidden",
+                                 "must be empty with resource.partition (bring-your-own nodes)",
+                                 ws.resource.instance_type))
+    if partition.mode == "mig":
+        if not partition.profile:
+            errors.append(FieldError(f"{path}.profile", "Required value",
+                                     "mig needs a MIG profile such as 1g.10gb"))
+        elif not _MIG_PROFILE.match(partition.profile):
+            errors.append(FieldError(f"{path}.profile", "Invalid value",
+                                     "a MIG profile looks like <n>g.<m>gb, e.g. 1g.10gb",
+                                     partition.profile))
+        if partition.count not in (None, 1):
+            errors.append(FieldError(f"{path}.count", "Invalid value",
+                                     "each pod gets exactly one MIG slice", partition.count))
+    elif partition.profile:
+        errors.append(FieldError(f"{path}.profile", "Forbidden",
+                                 "profile applies to mode mig only", partition.profile))
+    return errors
+
+
+def mig_profile_gib(profile: str) -> float | None:
+    """The memory a MIG profile advertises (``3g.40gb`` -> 40)."""
+    match = _MIG_PROFILE.match(profile)
+    return float(profile.split(".")[1].removesuffix("gb")) if match else None
+
+
+def _inference_errors(ws: Workspace, presets: Catalog, node_provisioning: bool = True,
+                      hf_config_dirs: Sequence[Path] = ()) -> list[FieldError]:
     inference = ws.inference
     assert inference is not None
     errors: list[FieldError] = []
@@ -109,16 +192,43 @@ def _inference_errors(ws: Workspace, presets: Catalog) -> list[FieldError]:
         errors.append(FieldError("inference", "Invalid value" if has_preset else "Required value",
                                  "exactly one of preset or template must be set"))
     if inference.preset is not None and not has_template:
-        preset = presets.preset(inference.preset.name)
-        if preset is None:
+        name = inference.preset.name
+        preset = resolve_preset(presets, name, hf_config_dirs)
+        if preset is None and not is_hf_model_id(name):
             errors.append(FieldError("inference.preset.name", "Unsupported value",
-                                     "not in the preset catalog", inference.preset.name))
-        elif ws.resource is not None and ws.resource.instance_type:
-            sku = presets.sku(ws.resource.instance_type)
-            if sku is not None:
-                errors += inference_fit_errors(preset, sku, ws.resource.count or 1)
+                                     "not in the preset catalog (a Hugging Face model id "
+                                     "such as org/model is served best-effort)", name))
+        elif preset is not None and ws.resource is not None:
+            errors += _inference_fit(ws, preset, presets, node_provisioning)
+        elif preset is None and node_provisioning and ws.resource is not None and not (
+                ws.resource.instance_type):
+            errors.append(FieldError("resource.instanceType", "Required value",
+                                     f"the size of {name} is unknown here, so no instance type "
+                                     "can be chosen for it: name one"))
+        options = inference.preset.preset_options
+        if options is not None and options.model_weights_sub_path and not (
+                options.model_weights_pvc):
+            errors.append(FieldError("inference.preset.presetOptions.modelWeightsSubPath",
+                                     "Invalid value", "needs modelWeightsPVC"))
     errors += _adapter_errors(ws)
     return errors
+
+
+def _inference_fit(ws: Workspace, preset: ModelPreset, presets: Catalog,
+                   node_provisioning: bool) -> list[FieldError]:
+    assert ws.resource is not None
+    partition = ws.resource.partition
+    if partition is not None and partition.mode == "mig" and partition.profile:
+        slice_gib = mig_profile_gib(partition.profile)
+        if slice_gib is not None and preset.weights_gib > slice_gib:
+            return [FieldError("resource.partition.profile", "Invalid value",
+                               f"preset {preset.name} has {preset.weights_gib:g}Gi of weights; "
+                               f"a {partition.profile} slice has {slice_gib:g}Gi")]
+        return []
+    sku = presets.sku(ws.resource.instance_type or "")
+    if sku is None:
+        return []  # BYO: the controller checks the nodes' GPU labels
+    return inference_fit_errors(preset, sku, ws.resource.count or 1)
 
 
 def _adapter_errors(ws: Workspace) -> list[FieldError]:
@@ -163,7 +273,7 @@ def _is_strength(text: str) -> bool:
 
 def _tuning_errors(
     ws: Workspace, presets: Catalog, config_data: dict[str, str] | None,
-    allowed_networks: Sequence[Network],
+    allowed_networks: Sequence[Network], node_provisioning: bool = True,
 ) -> list[FieldError]:
     tuning = ws.tuning
     assert tuning is not None
@@ -178,7 +288,8 @@ def _tuning_errors(
         preset = presets.preset(tuning.preset.name)
         if preset is None:
             errors.append(FieldError("tuning.preset.name", "Unsupported value",
-                                     "not in the preset catalog", tuning.preset.name))
+                                     "not in the preset catalog (tuning needs a catalog "
+                                     "preset)", tuning.preset.name))
         elif tuning.method in TUNING_METHODS and not preset.tuning.supports(tuning.method):
             errors.append(FieldError("tuning.preset.name", "Invalid value",
                                      f"preset does not support {tuning.method} tuning",
@@ -186,18 +297,23 @@ def _tuning_errors(
     if ws.resource is not None and (ws.resource.count or 1) > 1:
         errors.append(FieldError("resource.count", "Invalid value",
                                  "tuning runs on one node", ws.resource.count))
+    options = tuning.preset.preset_options if tuning.preset is not None else None
+    if options is not None and (options.model_weights_pvc or options.model_weights_sub_path):
+        errors.append(FieldError("tuning.preset.presetOptions.modelWeightsPVC", "Forbidden",
+                                 "model weights from a PVC are for inference only"))
     errors += _input_errors(ws, allowed_networks)
     errors += _output_errors(ws)
     config = None
-    if tuning.config:
-        config, config_errors = parse_tuning_config(tuning.config, config_data, tuning.method)
+    if tuning.config or config_data is not None:
+        name = tuning.config or template_name(tuning.method or "lora")
+        config, config_errors = parse_tuning_config(name, config_data, tuning.method)
         errors += config_errors
     plan = tuning_plan(ws, presets, config)
     if plan is not None and not errors and ws.resource is not None:
         sku = presets.sku(ws.resource.instance_type or "")
         if sku is not None:
             errors += tuning_fit_errors(plan, sku, presets)
-        elif not ws.resource.instance_type:
+        elif not ws.resource.instance_type and node_provisioning:
             errors.append(FieldError("resource.instanceType", "Required value",
                                      "no known instance type can hold this tuning job"))
     return errors
@@ -251,6 +367,7 @@ def _update_errors(new: Workspace, old: Workspace) -> list[FieldError]:
             ("resource.count", new.resource.count, old.resource.count),
             ("resource.instanceType", new.resource.instance_type, old.resource.instance_type),
             ("resource.labelSelector", new.resource.label_selector, old.resource.label_selector),
+            ("resource.partition", new.resource.partition, old.resource.partition),
         ]
     if new.inference is not None and old.inference is not None:
         immutable.append(("inference.preset", new.inference.preset, old.inference.preset))
@@ -268,16 +385,20 @@ def _update_errors(new: Workspace, old: Workspace) -> list[FieldError]:
 
 
 def admission_warnings(
-    ws: Workspace, presets: Catalog, *, tuning_config_data: dict[str, str] | None = None
+    ws: Workspace, presets: Catalog, *, tuning_config_data: dict[str, str] | None = None,
+    hf_config_dirs: Sequence[Path] = (),
 ) -> list[str]:
     """Warnings for an admitted workspace (the request still succeeds)."""
     warnings: list[str] = []
     sku = presets.sku(ws.resource.instance_type or "") if ws.resource is not None else None
     config = None
-    if ws.tuning is not None and ws.tuning.config:
-        config, _ = parse_tuning_config(ws.tuning.config, tuning_config_data, ws.tuning.method)
+    if ws.tuning is not None and (ws.tuning.config or tuning_config_data is not None):
+        name = ws.tuning.config or template_name(ws.tuning.method or "lora")
+        config, _ = parse_tuning_config(name, tuning_config_data, ws.tuning.method)
         if config is not None:
             warnings += config_warnings(config)
+    if ws.inference is not None and ws.inference.preset is not None:
+        warnings += _best_effort_warnings(ws.inference.preset.name, presets, hf_config_dirs)
     if ws.tuning is not None and sku is not None and not sku.bf16 and computes_in_bfloat16(config):
         # runtime.precision computes bfloat16 requests (and auto) in float16 on such GPUs.
         warnings.append(
@@ -292,3 +413,17 @@ def admission_warnings(
                 "inference.preset.presetOptions.modelAccessSecret to a Secret with HF_TOKEN"
             )
     return warnings
+
+
+def _best_effort_warnings(name: str, presets: Catalog, hf_config_dirs: Sequence[Path]) -> list[str]:
+    if presets.preset(name) is not None or not is_hf_model_id(name):
+        return []
+    preset = resolve_preset(presets, name, hf_config_dirs)
+    if preset is None:
+        return [(f"inference.preset.name: {name} is not in the preset catalog and its "
+                "config.json could not be read (this operator does not fetch from Hugging "
+                "Face at admission; see KAITO_WEBHOOK_HF_CONFIG_DIRS): it is served "
+                "best-effort with vLLM and its GPU memory was not checked")]
+    return [(f"inference.preset.name: {name} is not in the preset catalog: served best-effort "
+            f"with vLLM; memory estimated from its config.json "
+            f"({preset.params_billion:.1f}B parameters, ~{preset.weights_gib:.0f}Gi of weights)")]
