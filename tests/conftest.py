@@ -19,7 +19,7 @@ import pytest
 
 from kaito.devcluster import LocalCluster, find_binaries
 
-_TIERS = ("unit", "envtest", "e2e", "runtime")
+_TIERS = ("unit", "envtest", "e2e", "runtime", "kubelet")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,6 +24,7 @@ from controller.manager import Manager
 from controller.provisioning.backend import Backend
 from controller.provisioning.local import LocalBackend
 from controller.provisioning.metrics import ProvisioningMetrics
+from controller.provisioning.pool import PoolBackend
 from controller.provisioning.reconciler import LifecycleSettings
 from controller.provisioning.settings import ProvisionerSettings
 from controller.provisioning.setup import setup_provisioner
@@ -37,7 +38,7 @@ LEASE_NAME = "kaito-gpu-provisioner-leader"
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaito provisioner", add_help=False)
-    parser.add_argument("--backend", choices=["local", "aks"])
+    parser.add_argument("--backend", choices=["local", "aks", "pool"])
     parser.add_argument("--use-machines", action="store_true", default=None,
                         help="also fulfil legacy karpenter.sh/v1alpha5 Machines")
     return parser
@@ -62,6 +63,8 @@ def make_setup(options: ProvisionerSettings) -> Callable[[Manager, ControllerSet
                 from controller.provisioning.aks import AksBackend
 
                 return AksBackend(options.azure, find_node, metrics=metrics)
+            if options.backend == "pool":
+                return PoolBackend(manager.client, metrics)
             return LocalBackend(manager.client, metrics)
 
         _, backend = setup_provisioner(

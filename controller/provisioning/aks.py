@@ -137,6 +137,7 @@ def _retry_after(error: HttpResponseError) -> float:
 
 class AksBackend:
     name = "aks"
+    owns_node_objects = True
 
     def __init__(
         self, settings: AzureSettings, find_node: Callable[[str], KubeObject | None], *,

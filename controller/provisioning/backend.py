@@ -55,6 +55,9 @@ class CloudUnavailable(Exception):
 
 class Backend(Protocol):
     name: str
+    # False for a backend that lends nodes it did not make (the pool): the reconciler
+    # then leaves the Node object in place when the claim goes.
+    owns_node_objects: bool
 
     async def launch(self, claim: Claim, sku: GpuSku, *, wait_seconds: float) -> LaunchOutcome:
         """Make (or find) the claim's capacity; idempotent for the same claim. Waits on

@@ -62,6 +62,7 @@ def build_kwok_node(claim: Claim, sku: GpuSku) -> dict[str, Any]:
 
 class LocalBackend:
     name = "local"
+    owns_node_objects = True
 
     def __init__(self, client: KubeClient, metrics: ProvisioningMetrics | None = None) -> None:
         self._client = client

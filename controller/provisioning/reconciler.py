@@ -231,7 +231,10 @@ class ClaimReconciler:
         if not await self._backend.delete(claim):
             return Result(requeue_after_seconds=self._settings.recheck_seconds)
         node = self.node_for(claim.name)
-        for name in {claim.node_name, (node or {}).get("metadata", {}).get("name")} - {None}:
+        names = {claim.node_name, (node or {}).get("metadata", {}).get("name")} - {None}
+        if not getattr(self._backend, "owns_node_objects", True):
+            names = set()  # the pool's nodes outlive their claims
+        for name in names:
             try:
                 await self._client.delete(NODES, str(name))
             except NotFound:

@@ -43,7 +43,7 @@ class ProvisionerSettings(BaseSettings):
         env_prefix="KAITO_PROVISIONER__", env_nested_delimiter="__", extra="ignore"
     )
 
-    backend: Literal["local", "aks"] = "aks"
+    backend: Literal["local", "aks", "pool"] = "aks"
     use_machines: bool = False  # also fulfil legacy karpenter.sh/v1alpha5 Machines
     launch_timeout_seconds: float = Field(default=900.0, gt=0)
     registration_timeout_seconds: float = Field(default=900.0, gt=0)
