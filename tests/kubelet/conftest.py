@@ -24,9 +24,9 @@ import yaml
 
 from kaito.devcluster import find_binaries
 from kaito.devcluster.images import ProjectImages, project_images
+from kaito.devcluster.install import install_operator
 from kaito.devcluster.process import free_port
 from kaito.devcluster.realnode import BRIDGE_ADDRESS, RealCluster
-from kaito.devcluster.install import install_operator
 
 REGISTRY_USER = "tuner"
 NODE_LABELS = {"apps": "kaito-real"}
