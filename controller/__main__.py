@@ -116,6 +116,8 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
             can_provision=options.node_provisioning,
             use_machines=options.use_machines,
             progress_interval_seconds=options.progress_interval_seconds,
+            operator_namespace=options.operator_namespace,
+            hf_config_dirs=options.hf_config_dirs,
         ),
     )
     return reconciler.close

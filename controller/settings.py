@@ -77,8 +77,15 @@ class WorkspaceControllerSettings(BaseModel):
     fetch_allow_cidrs: Annotated[tuple[IPvAnyNetwork, ...], NoDecode] = ()
     # Registries (host:port) reached over plain HTTP, e.g. a test registry in the cluster.
     plain_http_registries: Annotated[tuple[str, ...], NoDecode] = ()
+    # Where the default tuning configs (lora-/qlora-params-template) live: the operator's
+    # namespace (config/manager sets it from the pod's namespace).
+    operator_namespace: str = "kaito-system"
+    # Directories of Hugging Face config.json files for best-effort presets (comma
+    # separated); the same as the webhook's KAITO_WEBHOOK_HF_CONFIG_DIRS.
+    hf_config_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
 
-    @field_validator("fetch_allow_cidrs", "plain_http_registries", mode="before")
+    @field_validator("fetch_allow_cidrs", "plain_http_registries", "hf_config_dirs",
+                     mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):

@@ -178,6 +178,15 @@ class Catalog(_Frozen):
         lowered = name.lower()
         return next((m for m in self.models.values() if m.hf_id.lower() == lowered), None)
 
+    def resolve(self, name: str, hf_config_dirs: tuple[Path, ...] = ()) -> ModelPreset | None:
+        """The preset by name or Hugging Face id, else (best-effort, upstream since v0.9) one
+        built from the model's config.json when one of ``hf_config_dirs`` holds it."""
+        preset = self.preset(name)
+        if preset is not None or not is_hf_model_id(name):
+            return preset
+        config = find_hf_config(name, hf_config_dirs)
+        return preset_from_hf_config(name, config) if config is not None else None
+
     def tuning_presets(self) -> list[ModelPreset]:
         return [m for m in self.models.values() if m.tuning.lora or m.tuning.qlora]
 

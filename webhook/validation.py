@@ -15,13 +15,7 @@ from pathlib import Path
 from crds.addresses import Network, url_problem
 from crds.tuning_config import template_name
 from crds.workspace import TUNING_METHODS, Workspace
-from presets.catalog import (
-    Catalog,
-    ModelPreset,
-    find_hf_config,
-    is_hf_model_id,
-    preset_from_hf_config,
-)
+from presets.catalog import Catalog, ModelPreset, is_hf_model_id
 from webhook.errors import FieldError
 from webhook.fit import inference_fit_errors, tuning_fit_errors, tuning_plan
 from webhook.tuning_config import computes_in_bfloat16, config_warnings, parse_tuning_config
@@ -40,13 +34,8 @@ _BYO_HINT = ("with node auto-provisioning disabled (KAITO_WEBHOOK_NODE_PROVISION
 def resolve_preset(
     catalog: Catalog, name: str, hf_config_dirs: Sequence[Path] = ()
 ) -> ModelPreset | None:
-    """The catalog's preset (by name or Hugging Face id), else a best-effort preset built
-    from the model's config.json when one of ``hf_config_dirs`` holds it."""
-    preset = catalog.preset(name)
-    if preset is not None or not is_hf_model_id(name):
-        return preset
-    config = find_hf_config(name, tuple(hf_config_dirs))
-    return preset_from_hf_config(name, config) if config is not None else None
+    """The catalog's preset, else a best-effort one from a local config.json."""
+    return catalog.resolve(name, tuple(hf_config_dirs))
 
 
 def is_placeholder(value: str) -> bool:

@@ -12,6 +12,8 @@ them up.
 from __future__ import annotations
 
 import hashlib
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +29,16 @@ from crds.karpenter import (
 )
 from crds.meta import LabelSelector
 from crds.workspace import Workspace
+from presets.catalog import GIB, GpuSku, ModelPreset
+from presets.memory import TuningShape, inference_gib, tuning_estimate, tuning_fits
 
 GPU_RESOURCE = "nvidia.com/gpu"
+# NVIDIA GPU feature discovery's node labels (memory in MiB, product like NVIDIA-A100-SXM4-80GB).
+GFD_COUNT_LABEL = "nvidia.com/gpu.count"
+GFD_MEMORY_LABEL = "nvidia.com/gpu.memory"
+GFD_PRODUCT_LABEL = "nvidia.com/gpu.product"
+# GPUs without bfloat16 (compute capability below 8.0).
+_NO_BF16 = re.compile(r"V100|T4|P100|P40|K80|M60", re.IGNORECASE)
 CLAIM_NAME_PREFIX = "ws"
 # Where a claim's failure shows: the provider sets Launched=False with a reason.
 CLAIM_CONDITIONS = ("Launched", "Registered", "Initialized", "Ready")
@@ -163,6 +173,57 @@ def claim_failure(claim: Mapping[str, Any]) -> str | None:
     return None
 
 
+def node_gpu_sku(node: Mapping[str, Any]) -> GpuSku | None:
+    """The node's GPUs as a SKU, from GPU feature discovery's labels (bring-your-own nodes);
+    None when the node lacks the count or memory label."""
+    labels = _labels(node)
+    count, memory_mib = _quantity(labels.get(GFD_COUNT_LABEL)), _quantity(
+        labels.get(GFD_MEMORY_LABEL))
+    if count <= 0 or memory_mib <= 0:
+        return None
+    product = labels.get(GFD_PRODUCT_LABEL) or "unknown-gpu"
+    return GpuSku(name=f"{_name(node)} ({product})", gpu_count=count, gpu_model=product,
+                  gpu_memory_gib=memory_mib / 1024, bf16=not _NO_BF16.search(product),
+                  price_per_hour_usd=1.0)
+
+
+def nodes_gpu_sku(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> GpuSku | None:
+    """The smallest GPU configuration among the usable nodes (what every pod can count on),
+    or None when none carries the GPU labels."""
+    usable = set(usable_nodes(ws, nodes := list(nodes)))
+    skus = [sku for node in nodes if _name(node) in usable
+            if (sku := node_gpu_sku(node)) is not None]
+    if not skus:
+        return None
+    return min(skus, key=lambda s: (s.total_gpu_memory_gib, s.gpu_memory_gib))
+
+
+def byo_node_count(preset: ModelPreset, sku: GpuSku) -> int:
+    """Nodes of this GPU configuration one serving replica needs."""
+    return max(1, math.ceil(inference_gib(preset) / sku.total_gpu_memory_gib))
+
+
+def byo_fit_problem(
+    preset: ModelPreset, sku: GpuSku, *, is_tuning: bool, node_count: int,
+    shape: TuningShape | None = None,
+) -> str | None:
+    """Why the labelled nodes cannot hold the workload, or None when they can."""
+    if is_tuning:
+        estimate = tuning_estimate(preset, shape or TuningShape())
+        if tuning_fits(estimate, sku):
+            return None
+        return (f"{(shape or TuningShape()).method} of {preset.name} needs about "
+                f"{estimate.per_gpu_gib(sku.gpu_count):.1f}Gi per GPU; the selected nodes' "
+                f"GPUs ({sku.gpu_count}x {sku.gpu_model}) have {sku.gpu_memory_gib:.1f}Gi each")
+    need = inference_gib(preset)
+    have = sku.total_gpu_memory_gib * node_count
+    if have * GIB >= need * GIB:
+        return None
+    return (f"preset {preset.name} needs at least {need:.0f}Gi of GPU memory; {node_count} "
+            f"selected node(s) with {sku.gpu_count}x {sku.gpu_model} "
+            f"({sku.gpu_memory_gib:.1f}Gi each) have {have:.0f}Gi")
+
+
 @dataclass
 class NodePlan:
     """What to do about nodes for one workspace."""
@@ -173,10 +234,11 @@ class NodePlan:
     claims_to_delete: list[str] = field(default_factory=list)  # failed: recreated next time
     pending_claims: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    fit_problem: str | None = None  # bring-your-own nodes too small for the workload
 
     @property
     def is_ready(self) -> bool:
-        return len(self.worker_nodes) >= self.target_node_count
+        return self.fit_problem is None and len(self.worker_nodes) >= self.target_node_count
 
 
 def plan_nodes(

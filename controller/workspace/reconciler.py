@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from controller.events import NORMAL, WARNING, EventRecorder
@@ -41,7 +42,13 @@ from controller.reconcile import Request, Result
 from controller.workspace import inference as inference_builders
 from controller.workspace import tuning as tuning_builders
 from controller.workspace.metrics import WorkspaceMetrics
-from controller.workspace.nodes import claim_labels, plan_nodes
+from controller.workspace.nodes import (
+    byo_fit_problem,
+    byo_node_count,
+    claim_labels,
+    nodes_gpu_sku,
+    plan_nodes,
+)
 from controller.workspace.progress import ProgressReader, progress_status, same_progress
 from controller.workspace.revision import (
     build_controller_revision,
@@ -63,8 +70,17 @@ from controller.workspace.workload import (
     owner_reference,
     workspace_labels,
 )
+from crds.tuning_config import (
+    CONFIG_KEY,
+    Method,
+    default_config_text,
+    is_template_name,
+    template_name,
+    with_target_modules,
+)
 from crds.workspace import CONDITION_INFERENCE_READY, CONDITION_WORKSPACE_READY, Workspace
-from presets.catalog import Catalog
+from presets.catalog import Catalog, ModelPreset, is_hf_model_id
+from presets.memory import DEFAULT_TUNING_SEQ_LEN, TuningShape
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +103,8 @@ class WorkspaceSettings:
     use_machines: bool = False  # legacy karpenter.sh/v1alpha5 Machines instead of NodeClaims
     progress_interval_seconds: float = 15.0
     deletion_poll_seconds: float = 2.0
+    operator_namespace: str = "kaito-system"  # where lora-/qlora-params-template live
+    hf_config_dirs: tuple[Path, ...] = ()  # config.json files for best-effort presets
 
 
 @dataclass
@@ -183,7 +201,7 @@ class WorkspaceReconciler:
 
         is_tuning = ws.tuning is not None
         spec = ws.tuning.preset if ws.tuning else (ws.inference.preset if ws.inference else None)
-        preset = self._catalog.preset(spec.name) if spec else None
+        preset = self._catalog.resolve(spec.name, self._settings.hf_config_dirs) if spec else None
         instance_type = ws.resource.instance_type if ws.resource else None
         sku = self._catalog.sku(instance_type) if instance_type else None
         if preset is None:
@@ -193,6 +211,12 @@ class WorkspaceReconciler:
                     "False", "CustomTemplateNotSupported",
                     "inference.template workspaces are not run by this controller yet; "
                     "use a preset")
+            elif is_hf_model_id(spec.name):
+                plan.conditions["ResourceReady"] = Verdict(
+                    "False", "ModelConfigUnavailable",
+                    f"{spec.name} is not in this operator's catalog and its config.json is "
+                    "not in KAITO_WORKSPACE__HF_CONFIG_DIRS (no network fetch): its size, "
+                    "and so its nodes, cannot be worked out")
             else:
                 plan.conditions["ResourceReady"] = Verdict(
                     "False", "PresetNotFound",
@@ -206,7 +230,16 @@ class WorkspaceReconciler:
         target = 1 if is_tuning else max(1, (ws.resource.count if ws.resource else None) or 1)
         if is_tuning and not serves_after_tuning and self._tuned(namespace, name, revision):
             target = 0  # done and not served: the nodes go back, as upstream does
-        nodes = self._informers.nodes.cache.objects()
+        nodes = list(self._informers.nodes.cache.objects())
+        byo_sku = None
+        if not self._settings.can_provision and sku is None and not (
+                ws.resource and ws.resource.partition):
+            # Bring-your-own nodes of a size the SKU table does not know: their GPUs come
+            # from GPU feature discovery's labels, and fit is checked against those.
+            byo_sku = nodes_gpu_sku(ws, nodes)
+            if byo_sku is not None and not is_tuning and target > 0 and not (
+                    ws.resource and ws.resource.count):
+                target = byo_node_count(preset, byo_sku)
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
         if target == 0:
             for claim in claims:
@@ -221,6 +254,12 @@ class WorkspaceReconciler:
                                can_provision=self._settings.can_provision,
                                claim_kind="Machine" if self._settings.use_machines
                                else "NodeClaim")
+        if byo_sku is not None and target > 0:
+            node_plan.fit_problem = byo_fit_problem(
+                preset, byo_sku, is_tuning=is_tuning, node_count=target,
+                shape=TuningShape(method=(ws.tuning.method or "lora") if ws.tuning else "lora",
+                                  seq_len=min(preset.context_length, DEFAULT_TUNING_SEQ_LEN)))
+            sku = byo_sku
         for claim in node_plan.claims_to_create:
             await self._create(self._claims_resource, claim)
             await self._recorder.record(obj, NORMAL, "NodeClaimCreated",
@@ -306,9 +345,9 @@ class WorkspaceReconciler:
         if current is not None or not may_create:
             return current
         config_name = ws.tuning.config
-        if not config_name:
-            method = ws.tuning.method or "lora"
-            config_map = tuning_builders.build_default_tuning_config(ws, preset, method, namespace)
+        if not config_name or (is_template_name(config_name)
+                               and not await self._exists(CONFIGMAPS, config_name, namespace)):
+            config_map = await self._default_config_map(ws, preset, config_name, namespace)
             config_name = str(config_map["metadata"]["name"])
             await self._ensure(CONFIGMAPS, config_map, self._informers.configmaps)
         job = tuning_builders.build_tuning_job(
@@ -318,6 +357,32 @@ class WorkspaceReconciler:
         await self._recorder.record(obj, NORMAL, "TuningJobCreated",
                                     f"Job {name} created", action="Tune")
         return created
+
+    async def _default_config_map(
+        self, ws: Workspace, preset: ModelPreset, config_name: str | None, namespace: str
+    ) -> KubeObject:
+        """``<ws>-tuning-config``: the operator's template for the method (found by name
+        in the operator's namespace, as upstream does; the built-in default when it is
+        missing) with the preset's LoRA target modules, as the webhook validated it."""
+        assert ws.tuning is not None
+        method: Method = "qlora" if ws.tuning.method == "qlora" else "lora"
+        name = config_name or template_name(method)
+        try:
+            template = await self._client.get(CONFIGMAPS, name, self._settings.operator_namespace)
+            text = str((template.get("data") or {}).get(CONFIG_KEY) or "")
+        except NotFound:
+            text = ""
+        config_map = tuning_builders.build_default_tuning_config(ws, preset, method, namespace)
+        config_map["data"] = {CONFIG_KEY: with_target_modules(
+            text or default_config_text(method), preset.lora_target_modules)}
+        return config_map
+
+    async def _exists(self, resource: ResourceType, name: str, namespace: str) -> bool:
+        try:
+            await self._client.get(resource, name, namespace)
+        except NotFound:
+            return False
+        return True
 
     async def _ensure_inference(
         self, ws: Workspace, preset: Any, sku: Any, revision: str, node_count: int,

@@ -104,6 +104,9 @@ def _resource_verdict(plan: NodePlan) -> Verdict:
     if plan.target_node_count == 0:
         return Verdict("False", "NodesReleased", "tuning finished and the adapter is not "
                        "served here: its GPU nodes were released")
+    if plan.fit_problem is not None:
+        return Verdict("False", "InsufficientGPUMemory",
+                       plan.fit_problem + ": select larger nodes in resource.labelSelector")
     if plan.is_ready:
         names = ", ".join(plan.worker_nodes)
         return Verdict("True", "NodesReady", f"{len(plan.worker_nodes)} GPU node(s) ready: {names}")
