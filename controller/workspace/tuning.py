@@ -141,6 +141,9 @@ def build_tuning_job(
                     "secretName": output.image_push_secret,
                     "items": [{"key": PUSH_SECRET_KEY, "path": PUSH_SECRET_KEY}],
                     "defaultMode": 0o440,
+                    # A missing Secret must not keep the pod from starting: the data
+                    # fetch and the training run, and the push then fails naming it.
+                    "optional": True,
                 },
             })
             mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})

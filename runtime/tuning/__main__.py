@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 push_secret = args.push_secret.read_text(encoding="utf-8")
             except OSError as err:
-                raise ConfigError(f"{args.push_secret}: cannot read the push secret") from err
+                raise ConfigError(
+                    f"cannot read the push secret at {args.push_secret}: does the Secret named "
+                    "in tuning.output.imagePushSecret exist in the workspace's namespace, "
+                    "with the key .dockerconfigjson?") from err
         result = run_job(
             JobRequest(
                 config_path=args.config,

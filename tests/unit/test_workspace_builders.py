@@ -258,6 +258,7 @@ def test_seed_tuning_job_fetches_data_and_model_then_tunes_and_pushes() -> None:
         "secretName": "acr-secret",
         "items": [{"key": ".dockerconfigjson", "path": ".dockerconfigjson"}],
         "defaultMode": 0o440,
+        "optional": True,  # the pod starts; the push names the missing Secret
     }
     assert volume(job, paths["/mnt/config"]["name"])["configMap"] == {
         "name": "my-training-config",
