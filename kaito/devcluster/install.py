@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
-from kaito.devcluster.cluster import REPO_ROOT, LocalCluster
+from kaito.devcluster.cluster import REPO_ROOT
 from kaito.devcluster.images import ProjectImages
+
+
+class Kubectl(Protocol):
+    def __call__(self, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]:
+        ...
 
 OPERATOR_NAMESPACE = "kaito-system"
 DEPLOYMENTS = ("kaito-controller", "kaito-webhook")
@@ -61,7 +67,7 @@ def build_overlay(
 
 
 def install_operator(
-    cluster: LocalCluster, overlay_dir: Path, *, images: ProjectImages,
+    kubectl: Kubectl, overlay_dir: Path, *, images: ProjectImages,
     fetch_allow_cidrs: tuple[str, ...] = (), plain_http_registries: tuple[str, ...] = (),
     extra_controller_env: dict[str, str] | None = None, timeout_seconds: int = 300,
 ) -> None:
@@ -72,13 +78,13 @@ def install_operator(
         fetch_allow_cidrs=fetch_allow_cidrs, plain_http_registries=plain_http_registries,
         extra_controller_env=extra_controller_env)
     (overlay_dir / "kustomization.yaml").write_text(yaml.safe_dump(overlay, sort_keys=False))
-    cluster.kubectl("apply", "--server-side", "-k", str(overlay_dir), timeout=120)
+    kubectl("apply", "--server-side", "-k", str(overlay_dir), timeout=120)
     for deployment in DEPLOYMENTS:
-        cluster.kubectl("rollout", "status", "-n", OPERATOR_NAMESPACE,
+        kubectl("rollout", "status", "-n", OPERATOR_NAMESPACE,
                         f"deployment/{deployment}", f"--timeout={timeout_seconds}s",
                         timeout=timeout_seconds + 30)
     # The webhook is ready when the apiserver can call it: its Service has an endpoint
     # and it has written caBundle into its configurations.
-    cluster.kubectl("wait", "-n", OPERATOR_NAMESPACE, "--for=jsonpath={.subsets[0].addresses[0].ip}",
+    kubectl("wait", "-n", OPERATOR_NAMESPACE, "--for=jsonpath={.subsets[0].addresses[0].ip}",
                     "endpoints/kaito-webhook", f"--timeout={timeout_seconds}s",
                     timeout=timeout_seconds + 30)
