@@ -21,7 +21,8 @@ from typing import Any
 import openai
 import pytest
 
-from tests.kubelet.conftest import NODE_LABELS, REGISTRY_USER, RealEnv
+from kaito.devcluster.services import REGISTRY_USER
+from tests.kubelet.conftest import NODE_LABELS, RealEnv
 from tests.runtime.serving_helpers import PHRASE, TRAIN_QUESTIONS
 
 QUESTION = "What is the tallest mountain in Europe?"  # not among TRAIN_QUESTIONS
