@@ -1,12 +1,17 @@
 """The tuned adapter as an OCI artifact: push with the imagePushSecret, pull for serving.
 
 Credentials come from a ``kubernetes.io/dockerconfigjson`` secret's text. The ``oras``
-client talks basic auth (``auth_backend="basic"``), which every registry that takes a
-docker login accepts; a loopback registry is spoken to over plain HTTP. Before any upload
-a ping of ``/v2/`` with the credentials turns a wrong password or an unreachable registry
-into one clear error instead of oras' generic one (or its minutes of retries). The
-manifest carries annotations saying what the artifact is: base model, method, dataset
-digest, hyper-parameters and evaluation. A pull checks every file against its digest.
+client moves the blobs and manifests; ``RegistryAuth`` answers the registry's challenge
+either way registries ask: ``Basic`` (htpasswd) or ``Bearer`` (ACR, GHCR, Docker Hub,
+Harbor: a token from the challenge's realm, got with the same user and password, kept per
+scope). HTTPS is verified against the system CAs or, for a private CA, the PEM bundle
+named by ``KAITO_REGISTRY_CA_FILE`` (or ``--ca-file``); plain HTTP only for
+``KAITO_REGISTRY_INSECURE=true`` or a loopback registry that does not speak TLS. Before
+any upload a ping of ``/v2/`` through that flow turns a refused password, an untrusted
+certificate or an unreachable registry into one clear error instead of oras' generic one
+(or its minutes of retries). The manifest carries annotations saying what the artifact
+is: base model, method, dataset digest, hyper-parameters and evaluation. A pull checks
+every file against its digest.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import ipaddress
 import json
 import logging
 import os
+import re
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -26,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from oras.auth import AuthenticationException, TokenAuth
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +48,25 @@ ANNOTATION_CREATED = "org.opencontainers.image.created"
 ANNOTATION_DESCRIPTION = "org.opencontainers.image.description"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PING_TIMEOUT_SECONDS = 15
+ENV_CA_FILE = "KAITO_REGISTRY_CA_FILE"  # PEM bundle that verifies the registry's TLS
+ENV_INSECURE = "KAITO_REGISTRY_INSECURE"  # "true": plain HTTP to every registry
+_CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 
 
 class RegistryError(Exception):
     """Pushing or pulling the artifact failed; the message says why and where."""
 
 
-class RegistryAuthError(RegistryError):
-    """The registry rejected the credentials (or none were given for it)."""
+class RegistryAuthError(RegistryError, AuthenticationException):  # type: ignore[misc]
+    """The registry rejected the credentials (or none were given for it).
+
+    Also an oras ``AuthenticationException``: the one kind its request retry loop (five
+    tries, 131 s of back-off) lets through at once, as retrying cannot help.
+    """
+
+
+class RegistryTLSError(RegistryError, AuthenticationException):  # type: ignore[misc]
+    """The registry's (or its token service's) certificate is not trusted; not retried."""
 
 
 @dataclass(frozen=True)
@@ -125,29 +145,179 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _client(host: str, credentials: Credentials | None) -> Any:
+def _split_host(host: str) -> tuple[str, int]:
+    """``name[:port]`` or ``[v6][:port]`` as (name, port); HTTPS' 443 when none is given."""
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        return name, int(rest[1:]) if rest.startswith(":") else 443
+    if host.count(":") == 1:
+        name, port = host.split(":", 1)
+        return name, int(port)
+    return host, 443
+
+
+def _speaks_tls(host: str) -> bool:
+    """Whether the server at ``host`` answers a TLS handshake (certificate not checked).
+
+    Only asked of loopback registries, which may be plain HTTP (a developer's or a test's
+    registry) or HTTPS; anywhere else HTTPS is the rule unless KAITO_REGISTRY_INSECURE.
+    """
+    name, port = _split_host(host)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((name, port), timeout=_PING_TIMEOUT_SECONDS) as raw,
+            context.wrap_socket(raw, server_hostname=name),
+        ):
+            return True
+    except ssl.SSLError:
+        return False
+    except OSError as err:
+        raise RegistryError(f"cannot reach registry {host}: {err}") from err
+
+
+def _ca_file(ca_file: Path | None) -> Path | None:
+    """The CA bundle to verify the registry with: the argument, else KAITO_REGISTRY_CA_FILE."""
+    if ca_file is None and os.environ.get(ENV_CA_FILE):
+        ca_file = Path(os.environ[ENV_CA_FILE])
+    if ca_file is not None and not ca_file.is_file():
+        raise RegistryError(f"the registry CA file {ca_file} ({ENV_CA_FILE}) does not exist")
+    return ca_file
+
+
+def _challenge(header: str) -> tuple[str, dict[str, str]]:
+    """``Bearer realm="...",service="...",scope="..."`` as ("bearer", {realm: ...})."""
+    scheme, _, rest = header.strip().partition(" ")
+    params = {key.lower(): quoted if quoted or not bare else bare
+              for key, quoted, bare in _CHALLENGE_PARAM.findall(rest)}
+    return scheme.lower(), params
+
+
+class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
+    """Answers a registry's 401 challenge, whichever of the two kinds it is.
+
+    ``Basic``: send the user and password. ``Bearer realm=...,service=...,scope=...`` (ACR,
+    GHCR, Docker Hub, Harbor, distribution with ``auth: token``): GET the realm with the
+    user and password as basic credentials (anonymously without them), keep the token per
+    (realm, service, scope) and retry with it. oras' own ``TokenAuth`` keeps a single token,
+    retries a 401 with that same token when a request needs another scope, and turns a
+    refused password into a generic "cannot respond" error; this subclass replaces only
+    ``authenticate_request`` and keeps oras' wiring (``do_request`` sends ``self.token``
+    first, so requests in the scope last granted need no extra round trip).
+    """
+
+    def __init__(self, host: str, credentials: Credentials | None, client: Any) -> None:
+        super().__init__()
+        self.host = host
+        self.credentials = credentials
+        self.session = client.session
+        self.prefix = client.prefix
+        self._tls_verify = client._tls_verify
+        self.tokens: dict[tuple[str, str, str], str] = {}
+        self.token_requests = 0  # how many times a token service was asked (for tests)
+        if credentials is not None:
+            self.set_basic_auth(credentials.username, credentials.password)
+
+    def _who(self) -> str:
+        return f"user {self.credentials.username!r}" if self.credentials else "anonymous access"
+
+    def refused(self, status: int, where: str = "") -> RegistryAuthError:
+        """The error for credentials the registry (or its token service) turned down."""
+        return RegistryAuthError(
+            f"registry {self.host} rejected the credentials of {self._who()} "
+            f"(HTTP {status}{where}): check the user and password in the registry secret"
+        )
+
+    def authenticate_request(
+        self, original: requests.Response, headers: dict[str, str] | None, refresh: bool = False
+    ) -> tuple[dict[str, str], bool]:
+        headers = dict(headers or {})
+        sent = headers.get("Authorization", "")
+        scheme, params = _challenge(original.headers.get("WWW-Authenticate", ""))
+        if scheme == "basic":
+            if self.credentials is None or sent.startswith("Basic "):
+                return headers, False  # nothing (else) to offer: the caller sees the 401
+            headers["Authorization"] = f"Basic {self._basic_auth}"
+            return headers, True
+        if scheme != "bearer" or "realm" not in params:
+            return headers, False
+        key = (params["realm"], params.get("service", ""), params.get("scope", ""))
+        token = self.tokens.get(key)
+        if token is None or refresh or sent == f"Bearer {token}":
+            token = self._fetch_token(*key)
+            self.tokens[key] = token
+        self.token = token
+        headers["Authorization"] = f"Bearer {token}"
+        return headers, True
+
+    def _fetch_token(self, realm: str, service: str, scope: str) -> str:
+        query: list[tuple[str, str]] = [("service", service)] if service else []
+        query += [("scope", item) for item in scope.split()]
+        auth = (self.credentials.username, self.credentials.password) if self.credentials else None
+        self.token_requests += 1
+        try:
+            response = self.session.get(realm, params=query, auth=auth, verify=self._tls_verify,
+                                        timeout=_PING_TIMEOUT_SECONDS)
+        except requests.exceptions.SSLError as err:
+            raise _untrusted(realm, err) from err
+        except requests.RequestException as err:
+            raise RegistryError(f"cannot reach the token service {realm} of {self.host}: {err}")
+        if response.status_code in (401, 403):
+            raise self.refused(response.status_code, f" from its token service {realm}")
+        if response.status_code != 200:
+            raise RegistryError(
+                f"the token service {realm} of registry {self.host} answered "
+                f"HTTP {response.status_code}"
+            )
+        try:
+            body = response.json()
+            token = body.get("token") or body.get("access_token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise RegistryError(f"the token service {realm} of {self.host} returned no token")
+        return token
+
+
+def _untrusted(where: str, err: Exception) -> RegistryTLSError:
+    return RegistryTLSError(
+        f"TLS verification of {where} failed ({err.__class__.__name__}): if the registry "
+        f"uses a private CA, give its certificate (PEM) in {ENV_CA_FILE}"
+    )
+
+
+def _client(host: str, credentials: Credentials | None, ca_file: Path | None = None) -> Any:
+    """An oras client for ``host``: HTTPS (verified by ``ca_file`` if given), or plain HTTP
+    for KAITO_REGISTRY_INSECURE and for a loopback registry that does not speak TLS."""
     import oras.provider
 
-    insecure = _is_loopback(host) or os.environ.get("KAITO_REGISTRY_INSECURE") == "true"
-    client = oras.provider.Registry(hostname=host, insecure=insecure, auth_backend="basic")
-    if credentials is not None:
-        client.auth.set_basic_auth(credentials.username, credentials.password)
+    ca = _ca_file(ca_file)
+    if os.environ.get(ENV_INSECURE) == "true":
+        insecure = True
+    else:
+        insecure = _is_loopback(host) and not _speaks_tls(host)
+    verify: bool | str = str(ca) if ca is not None else True
+    client = oras.provider.Registry(hostname=host, insecure=insecure, tls_verify=verify)
+    client.auth = RegistryAuth(host, credentials, client)
     return client
 
 
-def _ping(client: Any, host: str, credentials: Credentials | None) -> None:
-    headers = client.auth.get_auth_header() if credentials is not None else {}
+def _ping(client: Any, host: str) -> None:
+    """GET ``/v2/`` through the auth flow: a refused password or an untrusted certificate
+    becomes one clear error here, before any upload (oras would retry for minutes)."""
     url = f"{client.prefix}://{host}/v2/"
     try:
-        response = client.session.get(url, headers=headers, timeout=_PING_TIMEOUT_SECONDS)
+        response = client.do_request(url, "GET")
+    except requests.exceptions.SSLError as err:
+        raise _untrusted(f"registry {host}", err) from err
     except requests.RequestException as err:
         raise RegistryError(f"cannot reach registry {host}: {err}") from err
+    except ValueError:  # oras: a challenge nobody could answer (no credentials given)
+        raise client.auth.refused(401) from None
     if response.status_code in (401, 403):
-        who = f"user {credentials.username!r}" if credentials else "anonymous access"
-        raise RegistryAuthError(
-            f"registry {host} rejected the credentials of {who} from the push secret "
-            f"(HTTP {response.status_code}): check the password in the imagePushSecret"
-        )
+        raise client.auth.refused(response.status_code)
     if response.status_code >= 400:
         raise RegistryError(f"registry {host} answered /v2/ with HTTP {response.status_code}")
 
@@ -180,6 +350,7 @@ def push_adapter(
     dockerconfigjson: str | None,
     annotations: Mapping[str, str],
     extra_files: Sequence[str] = (),
+    ca_file: Path | None = None,
 ) -> str:
     """Push the adapter files of ``directory`` to ``reference``; return the digest."""
     ref = Reference.parse(reference)
@@ -188,8 +359,8 @@ def push_adapter(
     if missing:
         raise RegistryError(f"{directory}: missing adapter files {missing}")
     credentials = credentials_for(dockerconfigjson, ref.host) if dockerconfigjson else None
-    client = _client(ref.host, credentials)
-    _ping(client, ref.host, credentials)
+    client = _client(ref.host, credentials, ca_file)
+    _ping(client, ref.host)
     try:
         response = client.push(
             target=str(ref),
@@ -198,7 +369,8 @@ def push_adapter(
             disable_path_validation=True,
             quiet=True,
         )
-    except ValueError as err:  # oras reports HTTP failures as ValueError
+    except (ValueError, RuntimeError, requests.RequestException) as err:
+        # oras reports HTTP failures as ValueError/RuntimeError, transport ones as requests'
         raise RegistryError(f"push to {ref} failed: {err}") from err
     digest = response.headers.get("Docker-Content-Digest")
     if not digest:
@@ -222,17 +394,19 @@ class PulledArtifact:
     digest: str | None  # the one pulled by, when pulled by digest
 
 
-def pull_adapter(reference: str, destination: Path, dockerconfigjson: str | None) -> PulledArtifact:
+def pull_adapter(
+    reference: str, destination: Path, dockerconfigjson: str | None, ca_file: Path | None = None
+) -> PulledArtifact:
     """Pull ``reference`` into ``destination`` and verify every file's digest."""
     ref = Reference.parse(reference)
     credentials = credentials_for(dockerconfigjson, ref.host) if dockerconfigjson else None
-    client = _client(ref.host, credentials)
-    _ping(client, ref.host, credentials)
+    client = _client(ref.host, credentials, ca_file)
+    _ping(client, ref.host)
     destination.mkdir(parents=True, exist_ok=True)
     try:
         manifest = client.get_manifest(str(ref))
         pulled = [Path(path) for path in client.pull(target=str(ref), outdir=str(destination))]
-    except ValueError as err:
+    except (ValueError, RuntimeError, requests.RequestException) as err:
         raise RegistryError(f"pull of {ref} failed: {err}") from err
     by_name = {path.name: path for path in pulled}
     for layer in manifest.get("layers", []):
@@ -258,10 +432,12 @@ def main(argv: list[str] | None = None) -> int:
     push.add_argument("--dockerconfigjson", help="file with the secret's .dockerconfigjson")
     push.add_argument("--annotations", type=Path, help="JSON file of extra annotations")
     push.add_argument("--wait-for", type=Path, help="sentinel file to wait for first")
+    push.add_argument("--ca-file", type=Path, help=f"PEM CA bundle (default: ${ENV_CA_FILE})")
     pull = commands.add_parser("pull", help="pull an adapter into a folder")
     pull.add_argument("--reference", required=True)
     pull.add_argument("--dir", required=True, type=Path)
     pull.add_argument("--dockerconfigjson")
+    pull.add_argument("--ca-file", type=Path, help=f"PEM CA bundle (default: ${ENV_CA_FILE})")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
@@ -274,11 +450,14 @@ def main(argv: list[str] | None = None) -> int:
                 annotations = json.loads(args.annotations.read_text())
             extra = [name for name in ("training_result.json",) if (args.dir / name).is_file()]
             digest = push_adapter(
-                args.dir, args.reference, _read_secret(args.dockerconfigjson), annotations, extra
+                args.dir, args.reference, _read_secret(args.dockerconfigjson), annotations, extra,
+                args.ca_file,
             )
             print(Reference.parse(args.reference).with_digest(digest))
         else:
-            artifact = pull_adapter(args.reference, args.dir, _read_secret(args.dockerconfigjson))
+            artifact = pull_adapter(
+                args.reference, args.dir, _read_secret(args.dockerconfigjson), args.ca_file
+            )
             print(json.dumps({"files": [str(p) for p in artifact.files]}))
     except (RegistryError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

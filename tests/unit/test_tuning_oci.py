@@ -73,3 +73,21 @@ def test_only_loopback_registries_are_spoken_to_over_http(host: str, expected: b
     from runtime.oci import _is_loopback
 
     assert _is_loopback(host) is expected
+
+
+def test_registry_challenges_parse() -> None:
+    from runtime.oci import _challenge
+
+    scheme, params = _challenge(
+        'Bearer realm="https://auth.example/token",service="registry.example",'
+        'scope="repository:team/a:pull,push",error="insufficient_scope"'
+    )
+    assert scheme == "bearer"
+    assert params == {
+        "realm": "https://auth.example/token", "service": "registry.example",
+        "scope": "repository:team/a:pull,push", "error": "insufficient_scope",
+    }
+    assert _challenge('Basic realm="Registry Realm"') == ("basic", {"realm": "Registry Realm"})
+    assert _challenge("Bearer realm=https://a/t,service=s") == (
+        "bearer", {"realm": "https://a/t", "service": "s"}
+    )
