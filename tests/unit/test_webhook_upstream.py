@@ -1,0 +1,268 @@
+"""Upstream Kaito's example shapes through the admission functions, the default tuning
+configs shipped in config/tuning, BYO mode and GPU partitions.
+
+The same examples table (tests/envtest/upstream_examples.yaml) goes through the real
+kube-apiserver in tests/envtest/test_upstream_examples.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+import yaml
+
+from controller.workspace import tuning as tuning_builders
+from controller.workspace.nodes import (
+    NodePlan,
+    byo_fit_problem,
+    byo_node_count,
+    node_gpu_sku,
+    nodes_gpu_sku,
+)
+from controller.workspace.status import Observed, plan_status
+from crds.tuning_config import (
+    CONFIG_KEY,
+    DEFAULT_TEMPLATE_NAMES,
+    default_config_document,
+    parse_training_config_text,
+    with_target_modules,
+)
+from crds.workspace import Workspace
+from presets.catalog import load_catalog
+from webhook.admission import AdmissionOptions, ConfigMapUnavailable, check, mutate
+from webhook.review import AdmissionReview
+
+pytestmark = pytest.mark.unit
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES: list[dict[str, Any]] = yaml.safe_load(
+    (REPO / "tests/envtest/upstream_examples.yaml").read_text())["examples"]
+TEMPLATES: list[dict[str, Any]] = [
+    doc for doc in yaml.safe_load_all((REPO / "config/tuning/params_templates.yaml").read_text())
+    if doc]
+OPERATOR_NAMESPACE = "kaito-system"
+WS_NAMESPACE = "team-a"
+
+
+class Reader:
+    """ConfigMaps by (namespace, name); the shipped templates in the operator namespace."""
+
+    def __init__(self, with_templates: bool = True) -> None:
+        self.data: dict[tuple[str, str], dict[str, str]] = {}
+        self.reads: list[tuple[str, str]] = []
+        if with_templates:
+            for doc in TEMPLATES:
+                self.data[(OPERATOR_NAMESPACE, doc["metadata"]["name"])] = doc["data"]
+
+    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+        self.reads.append((namespace, name))
+        if namespace == "down":
+            raise ConfigMapUnavailable("down")
+        return self.data.get((namespace, name))
+
+
+def _review(obj: dict[str, Any]) -> AdmissionReview:
+    return AdmissionReview.model_validate({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": str(uuid.uuid4()), "operation": "CREATE", "namespace": WS_NAMESPACE,
+                    "object": obj}})
+
+
+async def admit(obj: dict[str, Any], *, mode: str = "nap",
+                reader: Reader | None = None) -> tuple[bool, str, dict[str, Any]]:
+    """(allowed, denial message + warnings, the object after defaulting) as the API
+    server would see them: mutate, apply the patch, validate."""
+    reader = reader or Reader()
+    options = AdmissionOptions(operator_namespace=OPERATOR_NAMESPACE,
+                               node_provisioning=mode != "byo")
+    catalog = load_catalog()
+    mutated = (await mutate(_review(obj), catalog, reader, options=options))["response"]
+    if not mutated["allowed"]:
+        return False, mutated["status"]["message"], obj
+    if "patch" in mutated:
+        patch = json.loads(base64.b64decode(mutated["patch"]))
+        obj = jsonpatch.apply_patch(obj, patch)
+    checked = (await check(_review(obj), catalog, reader, options=options))["response"]
+    text = (checked.get("status") or {}).get("message", "") + " ".join(
+        checked.get("warnings") or [])
+    return bool(checked["allowed"]), text, obj
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e["id"])
+async def test_upstream_example_gets_upstreams_decision(example: dict[str, Any]) -> None:
+    is_allowed, text, _ = await admit(example["workspace"], mode=example["mode"])
+    assert is_allowed is (example["expect"] == "allow"), text
+    if "message" in example:
+        assert example["message"] in text
+
+
+def test_shipped_templates_are_the_shared_defaults_and_parse_with_the_runtime_schema() -> None:
+    by_name = {doc["metadata"]["name"]: doc for doc in TEMPLATES}
+    assert set(by_name) == set(DEFAULT_TEMPLATE_NAMES.values())
+    for method, name in DEFAULT_TEMPLATE_NAMES.items():
+        doc = by_name[name]
+        assert doc["metadata"]["namespace"] == OPERATOR_NAMESPACE
+        text = doc["data"][CONFIG_KEY]
+        assert yaml.safe_load(text) == default_config_document(method)  # type: ignore[arg-type]
+        config = parse_training_config_text(text, method)  # type: ignore[arg-type]
+        assert config.quantization.load_in_4bit is (method == "qlora")
+        assert config.lora.r == 8 and config.training.output_dir == "/mnt/results"
+
+
+def test_default_kustomization_ships_the_templates() -> None:
+    kustomization = yaml.safe_load((REPO / "config/default/kustomization.yaml").read_text())
+    assert "../tuning" in kustomization["resources"]
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_template_with_target_modules_is_what_the_controller_built_in(method: str) -> None:
+    # The controller's built-in default and the shipped template plus the preset's target
+    # modules are the same config, so a cluster without the templates behaves the same.
+    preset = load_catalog().preset("phi-3-mini-4k-instruct")
+    assert preset is not None
+    shipped = next(doc for doc in TEMPLATES
+                   if doc["metadata"]["name"] == DEFAULT_TEMPLATE_NAMES[method])
+    text = with_target_modules(str(shipped["data"][CONFIG_KEY]), preset.lora_target_modules)
+    assert yaml.safe_load(text) == tuning_builders.default_training_config(preset, method)
+
+
+def test_target_modules_of_the_users_config_win() -> None:
+    text = yaml.safe_dump({"training_config": {"LoraConfig": {"target_modules": ["q_proj"]}}})
+    assert with_target_modules(text, ["qkv_proj"]) == text
+    assert with_target_modules("not: [valid", ["a"]) == "not: [valid"
+
+
+def _tuning(config: str | None = None, method: str = "qlora") -> dict[str, Any]:
+    example = next(e for e in EXAMPLES if e["id"] == "tuning-falcon-7b-qlora-template")
+    obj: dict[str, Any] = json.loads(json.dumps(example["workspace"]))
+    obj["tuning"]["method"] = method
+    if config is None:
+        obj["tuning"].pop("config")
+    else:
+        obj["tuning"]["config"] = config
+    return obj
+
+
+async def test_a_template_name_is_found_in_the_operators_namespace() -> None:
+    reader = Reader()
+    is_allowed, text, _ = await admit(_tuning("qlora-params-template"), reader=reader)
+    assert is_allowed, text
+    assert (WS_NAMESPACE, "qlora-params-template") in reader.reads
+    assert (OPERATOR_NAMESPACE, "qlora-params-template") in reader.reads
+
+
+async def test_an_empty_config_validates_the_methods_template() -> None:
+    reader = Reader()
+    reader.data[(OPERATOR_NAMESPACE, "qlora-params-template")] = {
+        CONFIG_KEY: yaml.safe_dump({"training_config": {"TrainingArguments": {
+            "output_dir": "/etc"}}})}
+    is_allowed, text, _ = await admit(_tuning(None), reader=reader)
+    assert not is_allowed
+    assert "tuning.config" in text and "qlora-params-template" in text
+
+
+async def test_without_shipped_templates_the_built_in_default_is_used() -> None:
+    is_allowed, text, _ = await admit(_tuning(None), reader=Reader(with_templates=False))
+    assert is_allowed, text
+
+
+async def test_a_missing_config_of_another_name_is_still_denied() -> None:
+    is_allowed, text, _ = await admit(_tuning("my-own-config"))
+    assert not is_allowed
+    assert "ConfigMap 'my-own-config' does not exist" in text
+
+
+async def test_byo_mode_chooses_no_instance_type() -> None:
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"labelSelector": {"matchLabels": {"a": "b"}}},
+           "inference": {"preset": {"name": "phi-4"}}}
+    is_allowed, text, stored = await admit(obj, mode="byo")
+    assert is_allowed, text
+    assert "instanceType" not in stored["resource"]
+    is_allowed, _, stored = await admit(obj, mode="nap")
+    assert is_allowed and stored["resource"]["instanceType"] == "Standard_NC24ads_A100_v4"
+
+
+async def test_partition_rules() -> None:
+    base = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+            "resource": {"labelSelector": {"matchLabels": {"a": "b"}},
+                         "partition": {"mode": "mig", "profile": "big"}},
+            "inference": {"preset": {"name": "phi-4-mini-instruct"}}}
+    is_allowed, text, _ = await admit(base, mode="byo")
+    assert not is_allowed and "resource.partition.profile" in text
+    with_sku = json.loads(json.dumps(base))
+    with_sku["resource"]["partition"]["profile"] = "3g.40gb"
+    with_sku["resource"]["instanceType"] = "Standard_NC24ads_A100_v4"
+    is_allowed, text, _ = await admit(with_sku, mode="byo")
+    assert not is_allowed and "must be empty with resource.partition" in text
+
+
+async def test_partition_is_immutable() -> None:
+    from webhook.validation import validate
+
+    def workspace(profile: str) -> Workspace:
+        return Workspace.model_validate({
+            "metadata": {"name": "w"},
+            "resource": {"labelSelector": {"matchLabels": {"a": "b"}},
+                         "partition": {"mode": "mig", "profile": profile}},
+            "inference": {"preset": {"name": "phi-4-mini-instruct"}}})
+
+    errors = validate(workspace("3g.40gb"), workspace("2g.20gb"), load_catalog(),
+                      node_provisioning=False)
+    assert [e.path for e in errors] == ["resource.partition"]
+
+
+def _node(name: str, labels: dict[str, str], gpus: int = 1) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"allocatable": {"nvidia.com/gpu": str(gpus)},
+                       "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+GFD_A10 = {"nvidia.com/gpu.count": "1", "nvidia.com/gpu.memory": "23028",
+           "nvidia.com/gpu.product": "NVIDIA-A10", "apps": "byo"}
+GFD_V100 = {"nvidia.com/gpu.count": "2", "nvidia.com/gpu.memory": "16384",
+            "nvidia.com/gpu.product": "Tesla-V100-PCIE-16GB", "apps": "byo"}
+
+
+def test_gpu_labels_make_a_sku() -> None:
+    sku = node_gpu_sku(_node("a10", GFD_A10))
+    assert sku is not None and sku.gpu_count == 1 and sku.bf16
+    assert abs(sku.gpu_memory_gib - 22.49) < 0.01
+    v100 = node_gpu_sku(_node("v100", GFD_V100, gpus=2))
+    assert v100 is not None and v100.total_gpu_memory_gib == 32 and not v100.bf16
+    assert node_gpu_sku(_node("bare", {"apps": "byo"})) is None
+
+
+def test_byo_fit_and_node_count_from_labels() -> None:
+    catalog = load_catalog()
+    ws = Workspace.model_validate({"metadata": {"name": "w", "namespace": "n"},
+                                   "resource": {"labelSelector": {"matchLabels": {"apps": "byo"}}},
+                                   "inference": {"preset": {"name": "phi-4"}}})
+    nodes = [_node("a10-1", GFD_A10), _node("a10-2", GFD_A10), _node("other", {"x": "y"})]
+    sku = nodes_gpu_sku(ws, nodes)
+    assert sku is not None and sku.gpu_model == "NVIDIA-A10"
+    phi4, phi3 = catalog.preset("phi-4"), catalog.preset("phi-3-mini-4k-instruct")
+    assert phi4 is not None and phi3 is not None
+    assert byo_node_count(phi3, sku) == 1
+    assert byo_node_count(phi4, sku) == 2  # ~30Gi on 22.5Gi nodes
+    assert byo_fit_problem(phi4, sku, is_tuning=False, node_count=2) is None
+    problem = byo_fit_problem(phi4, sku, is_tuning=False, node_count=1)
+    assert problem is not None and "phi-4 needs at least" in problem and "NVIDIA-A10" in problem
+    tuning_problem = byo_fit_problem(phi4, sku, is_tuning=True, node_count=1)
+    assert tuning_problem is not None and "per GPU" in tuning_problem
+
+
+def test_too_small_byo_nodes_give_a_clear_condition() -> None:
+    plan = NodePlan(target_node_count=1, worker_nodes=["a10-1"],
+                    fit_problem="preset phi-4 needs at least 30Gi of GPU memory")
+    status = plan_status(Observed(nodes=plan, is_tuning=False))
+    verdict = status.conditions["ResourceReady"]
+    assert (verdict.status, verdict.reason) == ("False", "InsufficientGPUMemory")
+    assert "select larger nodes in resource.labelSelector" in verdict.message
+    assert not plan.is_ready
