@@ -54,9 +54,13 @@ def _dev(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from kaito import demo
+    if args.kwok:
+        from kaito import demo
 
-    return demo.run(args)
+        return demo.run(args)
+    from kaito import realdemo
+
+    return realdemo.run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,10 +79,15 @@ def build_parser() -> argparse.ArgumentParser:
     devcli.add_arguments(dev)
     dev.set_defaults(handler=_dev)
 
-    demo_parser = commands.add_parser("demo", help="the main job on the local cluster")
+    demo_parser = commands.add_parser(
+        "demo", help="the main job: the seed's quick start on real pods (needs root)")
     from kaito import demo
 
     demo.add_arguments(demo_parser)
+    demo_parser.add_argument(
+        "--kwok", action="store_true",
+        help="the simulated variant: kwok nodes, the webhook and controller as local "
+             "processes, no images (no root needed)")
     demo_parser.set_defaults(handler=_demo)
 
     for name, (_, help_text) in _COMPONENTS.items():

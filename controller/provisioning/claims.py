@@ -191,16 +191,21 @@ def node_labels_for(claim: Claim) -> dict[str, str]:
     return labels
 
 
-def node_sync_patch(claim: Claim, node: Mapping[str, Any]) -> dict[str, Any] | None:
+def node_sync_patch(
+    claim: Claim, node: Mapping[str, Any], *, with_taints: bool = True
+) -> dict[str, Any] | None:
     """The merge patch that puts the claim's labels and taints on its node, or None when
-    they are there already (registration: the node carries what the claim asked for)."""
+    they are there already (registration: the node carries what the claim asked for).
+    ``with_taints=False`` for a node lent by a pool: its owner decides its taints, and
+    the pods already on it must keep scheduling there."""
     metadata = node.get("metadata") or {}
     have_labels = metadata.get("labels") or {}
     wanted_labels = {**node_labels_for(claim), REGISTERED_LABEL: "true"}
     missing_labels = {k: v for k, v in wanted_labels.items() if have_labels.get(k) != v}
     have_taints = list((node.get("spec") or {}).get("taints") or [])
     have_keys = {taint_key(t) for t in have_taints}
-    wanted_taints = [t.model_dump(by_alias=True, exclude_none=True) for t in claim.taints]
+    wanted_taints = [t.model_dump(by_alias=True, exclude_none=True)
+                     for t in claim.taints] if with_taints else []
     missing_taints = [t for t in wanted_taints if taint_key(t) not in have_keys]
     if not missing_labels and not missing_taints:
         return None

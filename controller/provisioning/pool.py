@@ -3,10 +3,11 @@
 For clusters whose GPU nodes are made by something else, and for the real-node tier,
 where the kubelet on this machine is the one GPU node: a claim takes a free node of the
 pool (nodes labelled `kaito.sh/pool=true`, not held by another claim), which then goes
-through the same Registered → Initialized → Ready steps as a cloud node (the reconciler
-puts the claim's labels and taints on it). Deleting the claim gives the node back with
-the labels and taints it had before; the Node object itself is never deleted, since
-nothing would make it again.
+through the same Registered → Initialized → Ready steps as a cloud node (the reconciler puts
+the claim's labels on it, but not its taints: a lent node keeps the taints its owner
+gave it, and the pods already on it keep scheduling there). Deleting the claim gives
+the node back with the labels it had before; the Node object itself is never deleted,
+since nothing would make it again.
 """
 
 from __future__ import annotations

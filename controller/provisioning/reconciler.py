@@ -185,7 +185,8 @@ class ClaimReconciler:
                                         "waiting for the node to join", now)
             return _Step(conditions, Result(requeue_after_seconds=settings.recheck_seconds))
         node_name = str(node["metadata"]["name"])
-        patch = node_sync_patch(claim, node)
+        patch = node_sync_patch(
+            claim, node, with_taints=getattr(self._backend, "owns_node_objects", True))
         if patch is not None:
             await self._client.patch(NODES, node_name, patch)
         status["nodeName"] = node_name

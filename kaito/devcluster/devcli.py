@@ -128,7 +128,9 @@ def start_real_cluster(workdir: Path, *, instance_type: str) -> RealCluster:
     real = RealCluster(
         workdir, find_binaries(), sandbox_image=images.pods["pause"],
         images=images.pull_map(), image_registry=images.registry,
-        instance_type=instance_type)
+        instance_type=instance_type,
+        # The node provisioner's pool backend lends this node to NodeClaims.
+        extra_labels={"kaito.sh/pool": "true"})
     real.start()
     return real
 

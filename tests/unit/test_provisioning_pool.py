@@ -56,3 +56,11 @@ def test_released_node_has_its_labels_and_taints_back() -> None:
     assert released["spec"]["taints"] == [{"key": "own", "value": "x", "effect": "NoSchedule"}]
     assert released["metadata"]["annotations"] == {ORIGINAL_ANNOTATION: None}
     assert json.loads(taken["metadata"]["annotations"][ORIGINAL_ANNOTATION])["app"] == "mine"
+
+
+def test_a_lent_node_gets_the_claims_labels_but_keeps_its_own_taints() -> None:
+    claim = parse_claim(_obj())
+    node = _node("b", **{NODECLAIM_LABEL: claim.name})
+    patch = node_sync_patch(claim, node, with_taints=False)
+    assert patch is not None and "spec" not in patch
+    assert patch["metadata"]["labels"]["app"] == "phi"
