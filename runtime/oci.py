@@ -50,6 +50,9 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 _PING_TIMEOUT_SECONDS = 15
 ENV_CA_FILE = "KAITO_REGISTRY_CA_FILE"  # PEM bundle that verifies the registry's TLS
 ENV_INSECURE = "KAITO_REGISTRY_INSECURE"  # "true": plain HTTP to every registry
+# Comma-separated host:port of registries reached over plain HTTP (the operator's
+# KAITO_WORKSPACE__PLAIN_HTTP_REGISTRIES, for a registry inside the cluster).
+ENV_PLAIN_HTTP = "KAITO_REGISTRY_PLAIN_HTTP"
 _CHALLENGE_PARAM = re.compile(r'(\w+)=(?:"([^"]*)"|([^,\s]*))')
 
 
@@ -294,7 +297,8 @@ def _client(host: str, credentials: Credentials | None, ca_file: Path | None = N
     import oras.provider
 
     ca = _ca_file(ca_file)
-    if os.environ.get(ENV_INSECURE) == "true":
+    plain_http = {h.strip() for h in os.environ.get(ENV_PLAIN_HTTP, "").split(",") if h.strip()}
+    if os.environ.get(ENV_INSECURE) == "true" or host in plain_http:
         insecure = True
     else:
         insecure = _is_loopback(host) and not _speaks_tls(host)
