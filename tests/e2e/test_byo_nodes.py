@@ -1,0 +1,159 @@
+"""Bring-your-own nodes (node provisioning off, upstream's disableNodeAutoProvisioning) and
+the default tuning configs, through the real controller on the kwok cluster.
+
+GPU count and memory come from the nodes' GPU feature discovery labels, so an instance type
+the SKU table does not know (even a placeholder) works, and nodes too small for the model
+show a ResourceReady=False InsufficientGPUMemory condition instead of a pod that would run
+out of memory. A tuning workspace without tuning.config gets the operator's
+lora-params-template (from the operator's namespace) with the preset's target modules.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kaito.devcluster import LocalCluster
+from tests.e2e.components import ComponentProcess, wait_for
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
+
+
+def _get(cluster: LocalCluster, *args: str) -> Any:
+    result = cluster.kubectl("get", *args, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def _condition(ws: dict[str, Any] | None, condition_type: str) -> dict[str, Any]:
+    for condition in ((ws or {}).get("status") or {}).get("conditions") or []:
+        if condition["type"] == condition_type:
+            return dict(condition)
+    return {}
+
+
+def _gfd(product: str, count: int, memory_mib: int, app: str) -> dict[str, str]:
+    return {"nvidia.com/gpu.product": product, "nvidia.com/gpu.count": str(count),
+            "nvidia.com/gpu.memory": str(memory_mib), "app": app}
+
+
+@pytest.fixture(scope="module")
+def operator_namespace(cluster: LocalCluster) -> Iterator[str]:
+    name = f"kaito-op-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", name)
+    rendered = cluster.kubectl("kustomize", str(REPO / "config/tuning")).stdout
+    for doc in yaml.safe_load_all(rendered):
+        if doc and doc["metadata"]["name"] == "lora-params-template":
+            # An operator's edit of the shipped template: the controller must use it.
+            text = yaml.safe_load(doc["data"]["training_config.yaml"])
+            text["training_config"]["LoraConfig"]["r"] = 16
+            doc["data"]["training_config.yaml"] = yaml.safe_dump(text)
+        if doc:
+            doc["metadata"]["namespace"] = name
+            cluster.apply(doc)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture(scope="module")
+def byo_controller(cluster: LocalCluster, operator_namespace: str,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComponentProcess]:
+    cluster.kubectl("apply", "-f", str(REPO / "config" / "crd" / "bases"))
+    process = ComponentProcess(
+        "controller", cluster.kubeconfig,
+        tmp_path_factory.mktemp("byo-controller") / "controller.log",
+        args=["--no-leader-elect", "--workers", "2"],
+        env={"KAITO_WORKSPACE__NODE_PROVISIONING": "false",
+             "KAITO_WORKSPACE__OPERATOR_NAMESPACE": operator_namespace,
+             "KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2"})
+    process.start()
+    try:
+        yield process
+    finally:
+        process.kill()
+        print(process.log_path.read_text()[-5000:])
+
+
+def _workspace(name: str, preset: str, *, tuning: bool = False) -> dict[str, Any]:
+    document: dict[str, Any] = {
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
+        "resource": {"instanceType": "<your-vm-sku>",
+                     "labelSelector": {"matchLabels": {"app": name}}},
+    }
+    if tuning:
+        document["tuning"] = {
+            "preset": {"name": preset}, "method": "lora",
+            "input": {"urls": ["https://example.com/data.parquet"]},
+            "output": {"image": "registry.example.com/adapter:1", "imagePushSecret": "push"}}
+    else:
+        document["inference"] = {"preset": {"name": preset}}
+    return document
+
+
+def test_nodes_too_small_for_the_model_give_a_clear_condition(
+    cluster: LocalCluster, cluster_namespace: str, byo_controller: ComponentProcess
+) -> None:
+    namespace, name = cluster_namespace, "phi-4-on-a10"
+    cluster.create_gpu_node(f"a10-{namespace}", gpus=1, taints=[GPU_TAINT],
+                            labels=_gfd("NVIDIA-A10", 1, 23028, name))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=json.dumps({**_workspace(name, "phi-4"),
+                                      "resource": {**_workspace(name, "phi-4")["resource"],
+                                                   "count": 1}}))
+
+    def reason() -> str:
+        return str(_condition(_get(cluster, "workspace", name, "-n", namespace),
+                              "ResourceReady").get("reason", ""))
+
+    wait_for("InsufficientGPUMemory", lambda: reason() == "InsufficientGPUMemory", timeout=120)
+    condition = _condition(_get(cluster, "workspace", name, "-n", namespace), "ResourceReady")
+    assert "phi-4 needs at least" in condition["message"]
+    assert "NVIDIA-A10" in condition["message"]
+    assert not _get(cluster, "deployments", "-n", namespace)["items"]
+
+
+def test_labelled_nodes_of_an_unknown_sku_serve_the_model(
+    cluster: LocalCluster, cluster_namespace: str, byo_controller: ComponentProcess
+) -> None:
+    namespace, name = cluster_namespace, "phi-4-on-h100"
+    cluster.create_gpu_node(f"h100-{namespace}", gpus=2, taints=[GPU_TAINT],
+                            labels=_gfd("NVIDIA-H100-80GB-HBM3", 2, 81559, name))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=json.dumps(_workspace(name, "phi-4")))
+    wait_for("InferenceReady", lambda: _condition(
+        _get(cluster, "workspace", name, "-n", namespace), "InferenceReady"
+    ).get("status") == "True", timeout=180)
+    ws = _get(cluster, "workspace", name, "-n", namespace)
+    assert ws["status"]["workerNodes"] == [f"h100-{namespace}"]
+    assert ws["status"]["targetNodeCount"] == 1
+    deployment = _get(cluster, "deployments", "-n", namespace)["items"][0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"  # from gpu.count
+    assert not _get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"]
+
+
+def test_tuning_without_config_uses_the_operators_template(
+    cluster: LocalCluster, cluster_namespace: str, byo_controller: ComponentProcess
+) -> None:
+    namespace, name = cluster_namespace, "tune-phi-3-byo"
+    cluster.create_gpu_node(f"a100-{namespace}", gpus=1, taints=[GPU_TAINT],
+                            labels=_gfd("NVIDIA-A100-SXM4-80GB", 1, 81920, name))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input=json.dumps(_workspace(name, "phi-3-mini-4k-instruct", tuning=True)))
+    wait_for("the default config", lambda: _get(
+        cluster, "configmap", f"{name}-tuning-config", "-n", namespace) is not None, timeout=120)
+    config_map = _get(cluster, "configmap", f"{name}-tuning-config", "-n", namespace)
+    config = yaml.safe_load(config_map["data"]["training_config.yaml"])["training_config"]
+    assert config["LoraConfig"]["r"] == 16  # the operator's edit of lora-params-template
+    assert config["LoraConfig"]["target_modules"] == [
+        "qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    wait_for("the tuning Job", lambda: _get(cluster, "job", name, "-n", namespace) is not None,
+             timeout=60)
