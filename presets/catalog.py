@@ -92,7 +92,8 @@ class ModelPreset(_Frozen):
     context_length: int = Field(gt=0)
     layers: int = Field(gt=0)
     hidden_size: int = Field(gt=0)
-    intermediate_size: int = Field(gt=0)
+    intermediate_size: int = Field(ge=0)
+    """MLP width; 0 = not recorded (hybrid models only, which support no tuning)."""
     gated_mlp: bool = True
     """SwiGLU-style MLP (gate, up, down) rather than two matrices (up, down)."""
     moe: MoeShape | None = None
@@ -115,6 +116,14 @@ class ModelPreset(_Frozen):
     """Upstream Kaito's GPU memory figure for serving (kept for comparison)."""
     tuning_published_gib: float | None = None
     """Upstream Kaito's GPU memory figure for tuning (kept for comparison)."""
+
+    @model_validator(mode="after")
+    def _intermediate_size_known_where_used(self) -> ModelPreset:
+        if self.intermediate_size == 0 and (
+                self.architecture != "hybrid" or self.tuning.lora or self.tuning.qlora):
+            raise ValueError(f"{self.name}: intermediate_size 0 (unknown) is allowed only for "
+                             "hybrid models without tuning")
+        return self
 
     @property
     def params(self) -> int:

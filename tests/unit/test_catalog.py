@@ -119,7 +119,7 @@ def test_upstream_example_presets_are_all_in_the_catalog() -> None:
     catalog = load_catalog()
     missing = [name for name in UPSTREAM_EXAMPLE_PRESETS if catalog.preset(name) is None]
     assert missing == []
-    assert len(catalog.models) >= 34
+    assert len(catalog.models) >= 38
 
 
 def test_a_preset_is_found_by_its_hugging_face_id_in_any_case() -> None:
@@ -195,3 +195,14 @@ def test_configs_are_read_from_a_local_directory_or_the_hf_cache(tmp_path: Path)
                                            ("a/b/c", False), ("/b", False)])
 def test_hf_model_id_shape(name: str, expected: bool) -> None:
     assert is_hf_model_id(name) is expected
+
+
+def test_an_unrecorded_intermediate_size_is_only_for_hybrids_without_tuning() -> None:
+    from pydantic import ValidationError
+
+    dense = load_catalog().preset("phi-4")
+    assert dense is not None
+    with pytest.raises(ValidationError, match="intermediate_size 0"):
+        ModelPreset.model_validate({**dense.model_dump(), "intermediate_size": 0})
+    hybrid = load_catalog().preset("nemotron-nano-9b-v2")
+    assert hybrid is not None and hybrid.intermediate_size == 0
