@@ -7,6 +7,7 @@
 #   hack/images.sh push [HOST:PORT] push what `build` made (default: the local registry)
 #   hack/images.sh refs [HOST:PORT] name=ref, one a line, for the current tree
 #   hack/images.sh all              build, serve-registry, push, refs
+#   hack/images.sh verify           check inside the images (torch in runtime only, kaito runs)
 #   hack/images.sh prune            drop images of older trees and buildah's leftovers
 #
 # Every image is tagged with a hash of its inputs (hack/images/inputs.py): an unchanged
@@ -72,20 +73,19 @@ bah() {
 }
 has_image() { bah inspect --type image "$1" >/dev/null 2>&1; }
 
-# --- temporary directories (buildah writes GBs to TMPDIR while committing and pushing) --
-TMP_DIRS=()
-new_tmp() { local d; d=$(mktemp -d "$CACHE/tmp/$1.XXXXXX"); TMP_DIRS+=("$d"); echo "$d"; }
+# --- temporary files: one directory per run, removed on exit; buildah's TMPDIR too (it
+# writes GBs there while committing and pushing) ---------------------------------------------
+RUN_TMP=
 cleanup() {
-  local d
-  for d in "${TMP_DIRS[@]}"; do
-    # Never remove through a mount left behind (a chroot's /proc or /dev).
-    if awk -v r="$d/" 'index($2, r) == 1 {found=1} END {exit !found}' /proc/mounts; then
-      say "warning: mounts left under $d; not removing it"
-    else
-      rm -rf --one-file-system "$d"
-    fi
-  done
+  [[ -n $RUN_TMP && -d $RUN_TMP ]] || return 0
+  # Never remove through a mount left behind (a chroot's /proc or /dev).
+  if awk -v r="$RUN_TMP/" 'index($2, r) == 1 {found=1} END {exit !found}' /proc/mounts; then
+    say "warning: mounts left under $RUN_TMP; not removing it"
+  else
+    rm -rf --one-file-system "$RUN_TMP"
+  fi
 }
+new_tmp() { mktemp -d "$RUN_TMP/$1.XXXXXX"; }
 
 prepare() {
   [[ $(id -u) == 0 ]] || die "run as root (debootstrap, chroot and buildah's storage need it)"
@@ -93,9 +93,12 @@ prepare() {
   for tool in buildah debootstrap gcc python3 docker-registry curl flock; do
     command -v "$tool" >/dev/null || die "$tool is missing (Debian: buildah debootstrap gcc libc6-dev docker-registry curl)"
   done
-  mkdir -p "$CACHE/tmp"
-  export TMPDIR=$CACHE/tmp
-  trap cleanup EXIT
+  if [[ -z $RUN_TMP ]]; then
+    mkdir -p "$CACHE/tmp" "$CACHE/logs"
+    RUN_TMP=$(mktemp -d "$CACHE/tmp/run.XXXXXX")
+    export TMPDIR=$RUN_TMP
+    trap cleanup EXIT
+  fi
   # One build or push at a time per cache; a second run waits, then finds the work done.
   exec 9>"$CACHE/lock"
   if ! flock -n 9; then say "waiting for another hack/images.sh run"; flock 9; fi
@@ -120,7 +123,10 @@ build_base() { # TAG
   if ! has_image "$name"; then
     local t0 work ctr mnt; t0=$(date +%s); work=$(new_tmp base)
     say "base $name: debootstrap bookworm from $(apt_mirror debian) (~2 min, once)"
-    bash "$HERE/base.sh" "$work/rootfs" "$(apt_mirror debian)" "$(apt_mirror debian-security)"
+    if ! bash "$HERE/base.sh" "$work/rootfs" "$(apt_mirror debian)" "$(apt_mirror debian-security)" \
+        >"$CACHE/logs/base.log" 2>&1; then
+      tail -n 30 "$CACHE/logs/base.log" >&2; die "base: recipe failed (full output: $CACHE/logs/base.log)"
+    fi
     ctr=$(bah from --name "kaito-base-$1-$$" scratch)
     mnt=$(bah mount "$ctr")
     cp -a "$work/rootfs/." "$mnt/"
@@ -154,9 +160,11 @@ build_curl() { # TAG BASE_TAG
   if ! has_image "$name"; then
     local t0; t0=$(date +%s)
     say "curl $name: base + Debian's curl"
-    bah bud --quiet --layers --pull=never --isolation chroot --format oci \
-      --build-arg "BASE_IMAGE=localhost/kaito-base:$2" \
-      -f "$HERE/curl.Containerfile" -t "$name" "$(new_tmp curl-context)" >/dev/null
+    if ! bah bud --layers --pull=never --isolation chroot --format oci \
+        --build-arg "BASE_IMAGE=localhost/kaito-base:$2" -f "$HERE/curl.Containerfile" \
+        -t "$name" "$(new_tmp curl-context)" >"$CACHE/logs/curl.log" 2>&1; then
+      tail -n 30 "$CACHE/logs/curl.log" >&2; die "curl: buildah bud failed (full output: $CACHE/logs/curl.log)"
+    fi
     say "curl $name: built in $(($(date +%s) - t0))s"
   else
     say "curl $name: cached"
@@ -172,15 +180,14 @@ build_target() { # TARGET TAG BASE_TAG
   say "$1 $name: building (buildah bud --layers, $DRIVER)"
   # The host's CA bundle is mounted for the build only: pip reaches PyPI through it.
   # The full output goes to a log; the steps to stderr.
-  local log=$CACHE/logs/$1.log; mkdir -p "$CACHE/logs"
+  local log=$CACHE/logs/$1.log
   if ! bah bud --layers --pull=never --isolation chroot --format oci \
       -v "$HOST_CA:$HOST_CA:ro" --build-arg "PYTHON_IMAGE=localhost/kaito-base:$3" \
       --target "$1" -f "$REPO/Dockerfile" -t "$name" "$context" >"$log" 2>&1; then
     tail -n 30 "$log" >&2; die "$1: buildah bud failed (full output: $log)"
   fi
-  grep -E '^STEP [0-9]+/[0-9]+' "$log" | sed "s/^/[images $1] /" >&2 || true
-  say "$1 $name: built in $(($(date +%s) - t0))s ($(bah inspect --type image \
-    --format '{{.FromImageID}}' "$name" | cut -c1-12))"
+  say "$1 $name: built in $(($(date +%s) - t0))s ($(grep -cE 'STEP [0-9]+/[0-9]+:' "$log") steps, \
+$(grep -c '^--> Using cache' "$log") from cache)"
 }
 
 cmd_build() {
@@ -281,6 +288,46 @@ cmd_refs() {
   while IFS== read -r label ref; do echo "$label=$host/$ref"; done < <(image_list)
 }
 
+# --- verify: what each image must hold, checked inside it ----------------------------------
+run_in() { # IMAGE COMMAND...
+  local image=$1 ctr status=0; shift
+  ctr=$(bah from --pull=never "$image")
+  bah run --isolation chroot "$ctr" -- "$@" || status=$?
+  bah rm "$ctr" >/dev/null
+  return "$status"
+}
+
+check() { # DESCRIPTION EXPECT(ok|fails) IMAGE COMMAND...
+  local description=$1 expect=$2 image=$3 out status=0; shift 3
+  out=$(run_in "$image" "$@" 2>&1) || status=$?
+  if [[ ($expect == ok && $status == 0) || ($expect == fails && $status != 0) ]]; then
+    say "verify ok: $description"
+  else
+    say "verify FAILED: $description (exit $status): $(grep -v -e "^Error: exit status" -e "^subprocess exited" <<<"$out" | tail -n 1)"; failures+=("$description")
+  fi
+}
+
+cmd_verify() {
+  prepare
+  local label ref failures=()
+  declare -A image
+  while IFS== read -r label ref; do image[$label]=localhost/$ref; done < <(image_list)
+  image[curl]=localhost/kaito-curl:$(curl_tag "$(base_tag)")
+  for label in "${!image[@]}"; do
+    has_image "${image[$label]}" || die "${image[$label]} is not built (hack/images.sh build)"
+  done
+  check "runtime: import torch, runtime" ok "${image[runtime]}" python -c 'import torch, runtime'
+  check "runtime: kaito serve --help" ok "${image[runtime]}" kaito serve --help
+  check "runtime: kaito tune --help" ok "${image[runtime]}" kaito tune --help
+  check "runtime: kaito --help" ok "${image[runtime]}" kaito --help
+  check "operator: kaito --help" ok "${image[operator]}" kaito --help
+  check "operator: kaito controller --help" ok "${image[operator]}" kaito controller --help
+  check "operator: import controller, webhook" ok "${image[operator]}" python -c 'import controller, webhook'
+  check "operator: no torch" fails "${image[operator]}" python -c 'import torch'
+  check "curl: curl --version" ok "${image[curl]}" curl --version
+  ((${#failures[@]} == 0)) || die "verify: ${#failures[@]} failed: ${failures[*]}"
+}
+
 cmd_prune() {
   prepare
   local keep=() label ref image
@@ -303,6 +350,7 @@ case ${1:-} in
   push) shift; cmd_push "$@" ;;
   refs) shift; cmd_refs "$@" ;;
   all) cmd_build; cmd_serve_registry >/dev/null; cmd_push; cmd_refs ;;
+  verify) cmd_verify ;;
   prune) cmd_prune ;;
-  *) sed -n '2,16s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 esac
