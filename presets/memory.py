@@ -10,7 +10,7 @@ Inference (one replica, whole model resident):
     kv_cache  = 2 (K and V) . L . kv . 2 bytes . T,  T = min(context, 8192) tokens
     total     = weights + kv_cache + 1 GiB (CUDA context, allocator, runtime)
 
-Tuning (one node; device_map="auto" spreads layers over its G GPUs):
+Tuning (one pod on one node):
     weights   lora:  2.N                      (bf16/fp16)
               qlora: 0.516.(N - E) + 2.E      (NF4 = 4 bits + 0.127 bits of double-quantised
                                                constants per linear weight; embeddings and
@@ -26,7 +26,17 @@ Tuning (one node; device_map="auto" spreads layers over its G GPUs):
               gradient checkpointing: L . b . s . 2h (layer inputs) + b . s . c (one layer)
     logits    10 . b . s . V  (16-bit logits, their fp32 upcast and its gradient)
     total     = weights + adapter state + activations + logits + 1 GiB
-    per GPU   = (total - 1 GiB) / G + 1 GiB
+    per GPU   = total: the tuning runtime (runtime/tuning/model.py) loads the model with
+                device_map={"": device}, one device, so a node's GPUs do not pool their
+                memory; a run fits a SKU when it fits one of its GPUs (TUNING_DEVICES).
+
+Where the runtimes run, and so which memory counts (see presets/memory.md):
+    tuning    one GPU: the fit is per GPU, whatever the SKU's GPU count.
+    serving   upstream's rule, count x the SKU's total GPU memory, decides admission (so
+              upstream's examples keep their allow/deny), but this serving runtime
+              (runtime/serving/loader.py, model.to("cuda")) also uses one GPU per pod and
+              does not shard across pods; ``inference_fits_one_gpu`` says whether a
+              replica really fits, and the webhook warns when it does not.
 
 Defaults follow this project's tuning runtime (runtime/tuning/config.py): batch 1, sequence
 length min(context, 1024) (DatasetConfig.max_seq_length), LoRA rank 8, and no gradient
@@ -34,8 +44,8 @@ checkpointing unless TrainingArguments.gradient_checkpointing asks for it (for b
 
 Checked against published figures in tests/unit/test_presets.py: the QLoRA paper's
 "65B on a single 48 GB GPU" and "33B on a 24 GB consumer GPU" (r=64, batch 1, seq 512,
-bf16 adapters), upstream Kaito's serving figures for phi-3 and mistral (within 15%), and its
-16 GiB per-GPU figure for qlora of mistral-7b and falcon-7b (an upper bound).
+bf16 adapters); and in tests/unit/test_presets_fit.py against every upstream Kaito figure
+in the catalog, within the tolerances stated there and tabled in presets/memory.md.
 """
 
 from __future__ import annotations
@@ -52,6 +62,8 @@ DEFAULT_TUNING_SEQ_LEN = 1024
 QLORA_BYTES_PER_LINEAR_PARAM = (4 + 0.127) / 8
 ADAPTER_STATE_BYTES_PEFT = 16
 ADAPTER_STATE_BYTES_BF16 = 12
+TUNING_DEVICES = 1  # GPUs one tuning pod computes on (runtime/tuning/model.py)
+SERVING_DEVICES_PER_POD = 1  # GPUs one serving pod loads the model onto (runtime/serving)
 
 
 @dataclass(frozen=True)
@@ -85,7 +97,13 @@ class TuningEstimate:
         return self.total_bytes / GIB
 
     def per_gpu_gib(self, gpu_count: int) -> float:
-        return ((self.total_bytes - self.overhead) / gpu_count + self.overhead) / GIB
+        """What each GPU the tuning runtime uses needs on a node with ``gpu_count`` GPUs.
+
+        The runtime computes on TUNING_DEVICES of them (one), so this is the whole run
+        however many the node has; were it to shard, the share would shrink here alone.
+        """
+        devices = max(1, min(gpu_count, TUNING_DEVICES))
+        return ((self.total_bytes - self.overhead) / devices + self.overhead) / GIB
 
 
 def inference_gib(preset: ModelPreset, max_tokens: int = INFERENCE_MAX_TOKENS) -> float:
@@ -131,6 +149,11 @@ def tuning_estimate(preset: ModelPreset, shape: TuningShape) -> TuningEstimate:
     )
 
 
+def inference_fits_one_gpu(preset: ModelPreset, sku: GpuSku) -> bool:
+    """Whether one replica fits the GPUs a serving pod of this runtime really uses."""
+    return inference_gib(preset) <= sku.gpu_memory_gib * SERVING_DEVICES_PER_POD
+
+
 def inference_node_count(preset: ModelPreset, sku: GpuSku) -> int:
     """Nodes of this SKU needed to hold the preset for serving (at least 1)."""
     return max(1, math.ceil(inference_gib(preset) / sku.total_gpu_memory_gib))
@@ -146,6 +169,7 @@ def cheapest_inference_sku(catalog: Catalog, preset: ModelPreset) -> GpuSku:
 
 
 def tuning_fits(estimate: TuningEstimate, sku: GpuSku) -> bool:
+    """Whether the run fits the GPU(s) of the SKU the tuning runtime computes on."""
     return estimate.per_gpu_gib(sku.gpu_count) <= sku.gpu_memory_gib
 
 

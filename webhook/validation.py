@@ -17,7 +17,12 @@ from crds.tuning_config import template_name
 from crds.workspace import TUNING_METHODS, Workspace
 from presets.catalog import Catalog, ModelPreset, is_hf_model_id
 from webhook.errors import FieldError
-from webhook.fit import inference_fit_errors, tuning_fit_errors, tuning_plan
+from webhook.fit import (
+    inference_fit_errors,
+    inference_fit_warnings,
+    tuning_fit_errors,
+    tuning_plan,
+)
 from webhook.tuning_config import computes_in_bfloat16, config_warnings, parse_tuning_config
 
 MAX_ADAPTERS = 10
@@ -401,6 +406,8 @@ def admission_warnings(
                 f"{preset.name} is gated on Hugging Face: set "
                 "inference.preset.presetOptions.modelAccessSecret to a Secret with HF_TOKEN"
             )
+        if preset is not None and sku is not None:
+            warnings += inference_fit_warnings(preset, sku)
     return warnings
 
 

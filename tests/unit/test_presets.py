@@ -163,7 +163,8 @@ def test_estimate_grows_with_batch_and_sequence() -> None:
     assert small.total_bytes < big_batch.total_bytes
     assert small.total_bytes < long_seq.total_bytes
     assert qlora.weights < small.weights / 3
-    assert small.per_gpu_gib(2) < small.per_gpu_gib(1)
+    # the tuning runtime computes on one GPU: a second GPU on the node does not halve it
+    assert small.per_gpu_gib(2) == small.per_gpu_gib(1) == small.total_gib
 
 
 def test_estimator_rejects_nonsense() -> None:
