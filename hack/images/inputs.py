@@ -164,10 +164,8 @@ def content_tag(root: Path, files: list[str], extra: dict[str, str] | None = Non
 
 
 def target_files(root: Path, dockerfile: Path, target: str) -> list[str]:
-    """Every input of `target`: its copied files, and the Dockerfile."""
-    text = dockerfile.read_text()
-    files = list_files(root, target_sources(text, target))
-    return files
+    """The build-context files `target` copies (the Dockerfile is hashed beside them)."""
+    return list_files(root, target_sources(dockerfile.read_text(), target))
 
 
 def target_tag(root: Path, dockerfile: Path, target: str, extra: dict[str, str]) -> str:
