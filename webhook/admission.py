@@ -102,9 +102,11 @@ def _config_name(ws: Workspace) -> str:
 
 def _default_patch(parsed: Workspace, old: Workspace | None, presets: Catalog,
                    config: TrainingConfig | None,
-                   node_provisioning: bool = True) -> list[dict[str, Any]]:
+                   options: AdmissionOptions | None = None) -> list[dict[str, Any]]:
+    options = options or AdmissionOptions()
     defaulted = default(parsed, presets, old=old, tuning_config=config,
-                        node_provisioning=node_provisioning)
+                        node_provisioning=options.node_provisioning,
+                        hf_config_dirs=options.hf_config_dirs)
     before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
     after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
     return list(jsonpatch.make_patch(before, after))
@@ -156,8 +158,7 @@ async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapRea
                       code=503, reason="ServiceUnavailable")
     if parsed.tuning is not None and data is not None:
         config, _ = parse_tuning_config(_config_name(parsed), data, parsed.tuning.method)
-    patch = await _run(offload, _default_patch, parsed, old, presets, config,
-                       options.node_provisioning)
+    patch = await _run(offload, _default_patch, parsed, old, presets, config, options)
     warnings = deprecation_warnings(parsed) if request.operation == "CREATE" else []
     return allowed(request.uid, patch=patch, warnings=warnings)
 

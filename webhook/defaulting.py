@@ -10,6 +10,8 @@ On update, values the webhook filled earlier are carried over from the old objec
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from crds.workspace import Workspace
 from presets.catalog import Catalog
 from presets.memory import (
@@ -31,6 +33,7 @@ def default(
     old: Workspace | None = None,
     tuning_config: TrainingConfig | None = None,
     node_provisioning: bool = True,
+    hf_config_dirs: tuple[Path, ...] = (),
 ) -> Workspace:
     """A copy of the workspace with defaults filled in. With bring-your-own nodes
     (``node_provisioning`` False) or a GPU partition no instance type is chosen: the
@@ -57,7 +60,8 @@ def default(
 
     if ws.inference is not None and ws.tuning is None:
         preset_spec = ws.inference.preset
-        preset = presets.preset(preset_spec.name) if preset_spec is not None else None
+        preset = (presets.resolve(preset_spec.name, hf_config_dirs)
+                  if preset_spec is not None else None)
         if preset is not None and ws.inference.template is None:
             if not resource.instance_type and may_choose_sku:
                 resource.instance_type = cheapest_inference_sku(presets, preset).name

@@ -266,3 +266,52 @@ def test_too_small_byo_nodes_give_a_clear_condition() -> None:
     assert (verdict.status, verdict.reason) == ("False", "InsufficientGPUMemory")
     assert "select larger nodes in resource.labelSelector" in verdict.message
     assert not plan.is_ready
+
+
+LLAMA_70B_CONFIG = {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64,
+                    "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 128256,
+                    "max_position_embeddings": 131072}
+
+
+async def test_a_hugging_face_id_with_a_readable_config_is_sized(tmp_path: Path) -> None:
+    model_dir = tmp_path / "someorg" / "big-70b"
+    model_dir.mkdir(parents=True)
+    (model_dir / "config.json").write_text(json.dumps(LLAMA_70B_CONFIG))
+    options = AdmissionOptions(operator_namespace=OPERATOR_NAMESPACE, hf_config_dirs=(tmp_path,))
+    catalog, reader = load_catalog(), Reader()
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"labelSelector": {"matchLabels": {"a": "b"}}},
+           "inference": {"preset": {"name": "someorg/big-70b"}}}
+    mutated = (await mutate(_review(obj), catalog, reader, options=options))["response"]
+    stored = jsonpatch.apply_patch(obj, json.loads(base64.b64decode(mutated["patch"])))
+    sku = catalog.sku(stored["resource"]["instanceType"])
+    assert sku is not None and sku.total_gpu_memory_gib >= 140  # ~131Gi of weights
+    checked = (await check(_review(stored), catalog, reader, options=options))["response"]
+    assert checked["allowed"]
+    assert "memory estimated from its config.json" in " ".join(checked["warnings"])
+    small = {**stored, "resource": {**stored["resource"], "instanceType": "Standard_NC6s_v3",
+                                    "count": 1}}
+    denied = (await check(_review(small), catalog, reader, options=options))["response"]
+    assert not denied["allowed"]
+    assert "Insufficient total GPU memory" in denied["status"]["message"]
+
+
+async def test_an_unsized_hugging_face_id_needs_an_instance_type_with_provisioning() -> None:
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"labelSelector": {"matchLabels": {"a": "b"}}},
+           "inference": {"preset": {"name": "someorg/unknown-model"}}}
+    is_allowed, text, _ = await admit(obj)
+    assert not is_allowed and "resource.instanceType: Required value" in text
+    is_allowed, text, _ = await admit(obj, mode="byo")
+    assert is_allowed and "could not be read" in text
+
+
+async def test_tuning_refuses_a_hugging_face_id_and_weights_pvc() -> None:
+    obj = _tuning("qlora-params-template")
+    obj["tuning"]["preset"] = {"name": "someorg/unknown-model"}
+    is_allowed, text, _ = await admit(obj)
+    assert not is_allowed and "tuning needs a catalog preset" in text
+    obj = _tuning("qlora-params-template")
+    obj["tuning"]["preset"]["presetOptions"]["modelWeightsPVC"] = "weights"
+    is_allowed, text, _ = await admit(obj)
+    assert not is_allowed and "for inference only" in text
