@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from crds.logs import configure_logging
+
 EXIT_REFUSED = 2
 EXIT_FAILED = 3
 
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", action="append", type=Path, default=[],
                         help="a mounted .dockerconfigjson file (repeatable)")
     args = parser.parse_args(argv)
+    configure_logging("INFO", "json")
 
     from runtime.oci import Reference, RegistryAuthError, RegistryError, pull_adapter
     from runtime.termination import write_termination_message

@@ -40,6 +40,7 @@ import urllib3
 
 from crds import addresses as address_rules
 from crds.addresses import Address, Network
+from crds.logs import configure_logging
 from runtime.termination import TERMINATION_LOG, write_termination_message
 
 log = logging.getLogger(__name__)
@@ -392,16 +393,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging() -> None:
-    from runtime.tuning.__main__ import JsonFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
 def _fail(code: int, message: str, termination_log: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     write_termination_message(f"kaito fetch: {message}\n", termination_log)
@@ -410,7 +401,7 @@ def _fail(code: int, message: str, termination_log: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging()
+    configure_logging("INFO", "json")
     try:
         allowed = parse_networks([*args.allow_cidr, os.environ.get(ALLOW_CIDRS_ENV, "")])
         if args.max_bytes <= 0 or args.retries < 0:

@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from crds.logs import configure_logging
+
 log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 2
@@ -65,12 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from huggingface_hub import errors
 
     from runtime.termination import write_termination_message
-    from runtime.tuning.__main__ import JsonFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.getLogger().handlers[:] = [handler]
-    logging.getLogger().setLevel(logging.INFO)
+    configure_logging("INFO", "json")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         fetch_model(args.repo, args.dest, args.revision)

@@ -36,6 +36,8 @@ from typing import Any
 import requests
 from oras.auth import AuthenticationException, TokenAuth
 
+from crds.logs import configure_logging
+
 log = logging.getLogger(__name__)
 
 ARTIFACT_PREFIX = "sh.kaito.adapter."
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     pull.add_argument("--dockerconfigjson")
     pull.add_argument("--ca-file", type=Path, help=f"PEM CA bundle (default: ${ENV_CA_FILE})")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    configure_logging("INFO", "json")
     try:
         if args.command == "push":
             if args.wait_for is not None:

@@ -9,31 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import logging
 import sys
-from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
+from crds.logs import configure_logging
 from runtime.serving.app import serve
 from runtime.serving.settings import ServingSettings
-
-
-class _JsonFormatter(logging.Formatter):
-    _standard: ClassVar[set[str]] = set(vars(logging.makeLogRecord({})))
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        entry.update({k: v for k, v in vars(record).items() if k not in self._standard})
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValidationError, ValueError) as error:
         print(f"invalid settings: {error}", file=sys.stderr)
         return 2
-    handler = logging.StreamHandler()
-    handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler], force=True)
+    configure_logging(args.log_level, "json")
     asyncio.run(serve(settings))
     return 0
 

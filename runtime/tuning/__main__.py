@@ -7,35 +7,15 @@ was trained), 3 the registry refused or failed the push, 1 anything else.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+
+from crds.logs import configure_logging
 
 EXIT_BAD_INPUT = 2
 EXIT_PUSH_FAILED = 3
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: message, level, logger and the record's extra fields."""
-
-    _standard = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-    def format(self, record: logging.LogRecord) -> str:
-        payload: dict[str, Any] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        payload.update(
-            {key: value for key, value in vars(record).items() if key not in self._standard}
-        )
-        if record.exc_info:
-            payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,20 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _configure_logging(log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.log_format)
+    configure_logging("INFO", args.log_format)
     log = logging.getLogger("runtime.tuning")
 
     from runtime.base_model import BaseModelError
