@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test` (see README.md).
-.PHONY: demo demo-down test unit envtest e2e runtime lint crds lock
+.PHONY: demo demo-down test unit envtest e2e runtime lint crds lock bench
 
 # UPGRADE=1: run against the newest release of every dependency instead of the lock
 # (a scheduled check of what the next `make lock` would break; not part of CI).
@@ -35,3 +35,9 @@ crds:
 # Refresh requirements/*.txt (exact versions and hashes); commit the result.
 lock:
 	bash hack/lock.sh
+
+# Benchmarks (not part of CI's pass/fail): one table, each figure a ratio against a
+# reference measured in the same run; writes benchmarks/results/<date>.json. QUICK=1:
+# small sizes (under 3 minutes). The first run compiles llama.cpp (benchmarks/venv.sh).
+bench:
+	KAITO_BENCH_QUICK=$(QUICK) bash benchmarks/bench.sh $(ARGS)

