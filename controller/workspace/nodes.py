@@ -198,6 +198,19 @@ def nodes_gpu_sku(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> GpuSku |
     return min(skus, key=lambda s: (s.total_gpu_memory_gib, s.gpu_memory_gib))
 
 
+def partition_sku(ws: Workspace) -> GpuSku | None:
+    """What one pod of a partitioned workspace asks for: ``partition.count`` devices of
+    ``nvidia.com/gpu`` (accelerator partitions, and MIG slices under the device plugin's
+    single strategy, where slices appear as plain GPUs), one for MIG."""
+    partition = ws.resource.partition if ws.resource else None
+    if partition is None:
+        return None
+    count = 1 if partition.mode == "mig" else (partition.count or 1)
+    label = f"{partition.mode} {partition.profile or ''}".strip()
+    return GpuSku(name=f"partition ({label})", gpu_count=count, gpu_model=label,
+                  gpu_memory_gib=1.0, bf16=True, price_per_hour_usd=1.0)
+
+
 def byo_node_count(preset: ModelPreset, sku: GpuSku) -> int:
     """Nodes of this GPU configuration one serving replica needs."""
     return max(1, math.ceil(inference_gib(preset) / sku.total_gpu_memory_gib))

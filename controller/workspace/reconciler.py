@@ -47,6 +47,7 @@ from controller.workspace.nodes import (
     byo_node_count,
     claim_labels,
     nodes_gpu_sku,
+    partition_sku,
     plan_nodes,
 )
 from controller.workspace.progress import ProgressReader, progress_status, same_progress
@@ -254,6 +255,8 @@ class WorkspaceReconciler:
                                can_provision=self._settings.can_provision,
                                claim_kind="Machine" if self._settings.use_machines
                                else "NodeClaim")
+        if sku is None and ws.resource is not None and ws.resource.partition is not None:
+            sku = partition_sku(ws)  # the pod asks for its partitions, not whole GPUs
         if byo_sku is not None and target > 0:
             node_plan.fit_problem = byo_fit_problem(
                 preset, byo_sku, is_tuning=is_tuning, node_count=target,

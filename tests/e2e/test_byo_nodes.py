@@ -157,3 +157,24 @@ def test_tuning_without_config_uses_the_operators_template(
         "qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
     wait_for("the tuning Job", lambda: _get(cluster, "job", name, "-n", namespace) is not None,
              timeout=60)
+
+
+def test_a_partitioned_workspace_asks_for_its_partitions(
+    cluster: LocalCluster, cluster_namespace: str, byo_controller: ComponentProcess
+) -> None:
+    namespace, name = cluster_namespace, "llama-partitioned"
+    cluster.create_gpu_node(f"part-{namespace}", gpus=4, taints=[GPU_TAINT],
+                            labels={"app": name})
+    document = {
+        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": name},
+        "resource": {"labelSelector": {"matchLabels": {"app": name}},
+                     "partition": {"mode": "accelerator", "count": 2}},
+        "inference": {"preset": {"name": "llama-3.1-8b-instruct",
+                                 "presetOptions": {"modelAccessSecret": "hf-token"}}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    wait_for("the serving Deployment", lambda: bool(
+        (_get(cluster, "deployments", "-n", namespace) or {"items": []})["items"]), timeout=120)
+    deployment = _get(cluster, "deployments", "-n", namespace)["items"][0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
