@@ -123,10 +123,18 @@ def test_upstream_example_gets_upstreams_decision(
         assert example["message"] in result.stderr, result.stderr
 
 
-def test_default_bundle_ships_both_tuning_templates(control_plane: LocalCluster) -> None:
-    templates = _templates(control_plane)
-    assert sorted(t["metadata"]["name"] for t in templates) == sorted(TEMPLATE_NAMES)
-    assert {t["metadata"]["namespace"] for t in templates} == {"kaito-system"}
+def test_default_bundle_installs_both_tuning_templates(
+    private_control_plane: LocalCluster,
+) -> None:
+    # A control plane of its own: the bundle's webhook configurations would send every
+    # Workspace of the shared one to a webhook Service that does not run here.
+    private_control_plane.kubectl("apply", "-k", str(REPO / "config/default"))
+    for name, method in zip(TEMPLATE_NAMES, ("lora", "qlora"), strict=True):
+        got = private_control_plane.kubectl(
+            "get", "configmap", name, "-n", "kaito-system", "-o", "yaml").stdout
+        text = yaml.safe_load(got)["data"]["training_config.yaml"]
+        assert yaml.safe_load(text)["training_config"]["QuantizationConfig"]["load_in_4bit"] is (
+            method == "qlora")
 
 
 def test_kubectl_explain_partition(control_plane: LocalCluster) -> None:
