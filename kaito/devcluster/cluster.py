@@ -261,6 +261,8 @@ class LocalCluster:
             f"--kubelet-client-certificate={self.kubelet_client.cert_path}",
             f"--kubelet-client-key={self.kubelet_client.key_path}",
             f"--kubelet-certificate-authority={self.ca_path}",
+            # No DNS for node names here: reach kubelets by their InternalIP.
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             # A loopback address cannot be the `kubernetes` Service's endpoint; a bridge
             # address can, and real pods reach the apiserver through it.
             *(["--endpoint-reconciler-type=none"] if self.address.startswith("127.") else []),

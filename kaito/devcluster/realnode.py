@@ -327,7 +327,7 @@ class RealNode:
             if name in present:
                 continue
             if source not in present:
-                self.ctr("images", "pull", "--plain-http", "--local", source)
+                self.ctr("images", "pull", "--plain-http", source)
             if source != name:
                 self.ctr("images", "tag", "--force", source, name)
 
@@ -424,10 +424,13 @@ class RealNode:
     # ---- stop ------------------------------------------------------------------------
     def stop(self) -> list[str]:
         """Stops the node's processes and containers; returns what it cleaned."""
-        return stop_node_processes(
+        done = stop_node_processes(
             {name: p.pid for name, p in self.processes.items() if p.pid},
             socket=self.socket, kube_proxy=self.cluster.bin_dir / "kube-proxy",
             workdir=self.workdir)
+        for process in self.processes.values():
+            process.stop()  # reaps the children stopped above
+        return done
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.processes.items() if p.pid and p.is_running()}

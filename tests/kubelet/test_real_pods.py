@@ -35,6 +35,8 @@ PHRASE_CONFIG = {"training_config": {
     "DatasetConfig": {"train_test_split": 1, "max_seq_length": 64},
 }}
 WAIT_SECONDS = 900
+# The first test also builds, pushes and pulls the images (minutes when cold).
+pytestmark = pytest.mark.timeout(3600)
 
 
 def _dockerconfigjson(host: str, user: str, password: str) -> str:
