@@ -43,6 +43,8 @@ CNI_BIN_DIR = "/usr/lib/cni"
 DEFAULT_NODE_NAME = "kaito-gpu-0"
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaito-node"
 LOCK_PATH = Path("/run/lock/kaito-real-node.lock")
+# What runs and where, so a node whose owner died (a killed test run) can be cleaned up.
+RECORD_PATH = Path("/run/lock/kaito-real-node.json")
 
 
 class RealNodeError(RuntimeError):
@@ -219,10 +221,12 @@ class RealNodeHost:
                 f"another real node runs on this machine ({LOCK_PATH} is held); "
                 "stop it first (`kaito dev down`)") from None
         self._lock = lock
+        if Path(f"/sys/class/net/{BRIDGE}").exists() or RECORD_PATH.exists():
+            clean_up_leftover_node()
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             raise RealNodeError(
-                f"the bridge {BRIDGE} already exists: a real node left over from a run that "
-                f"did not tear down? `kaito dev down` restores the host")
+                f"the bridge {BRIDGE} exists but no real node recorded it: remove it "
+                f"(`ip link delete {BRIDGE}`) if nothing else uses it")
         self.workdir.mkdir(parents=True, exist_ok=True)
         HostSnapshot.take().save(self.snapshot_path)
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
@@ -518,8 +522,12 @@ def stop_node_processes(pids: dict[str, int], *, socket: Path, kube_proxy: Path,
 class RealCluster:
     """The control plane on the bridge address plus one real node, started in order."""
 
-    def __init__(self, workdir: Path, bin_dir: Path, **node_options: Any) -> None:
+    def __init__(self, workdir: Path, bin_dir: Path, *, owner_pid: int | None = None,
+                 **node_options: Any) -> None:
+        """``owner_pid``: a process whose death orphans the node (a test run), so the next
+        start may clean it up; None for a node that `kaito dev down` stops."""
         self.workdir = workdir
+        self.owner_pid = owner_pid
         self.host = RealNodeHost(workdir)
         self.cluster = LocalCluster(workdir / "control-plane", bin_dir, with_nodes=True,
                                     address=BRIDGE_ADDRESS)
@@ -528,17 +536,65 @@ class RealCluster:
     def start(self) -> None:
         self.host.prepare()
         try:
+            self._record()
             self.cluster.start()
+            self._record()
             self.node.start()
+            self._record()
         except BaseException:
             self.stop()
             raise
+
+    def _record(self) -> None:
+        record = {
+            "workdir": str(self.workdir),
+            "owner_pid": self.owner_pid,
+            "control_plane_pids": self.cluster.pids(),
+            "node_pids": self.node.pids(),
+            "socket": str(self.node.socket),
+            "kube_proxy": str(self.cluster.bin_dir / "kube-proxy"),
+            "node_dirs": [str(d) for d in self.node.node_dirs],
+        }
+        RECORD_PATH.write_text(json.dumps(record, indent=1))
 
     def stop(self) -> list[str]:
         done = self.node.stop()
         self.cluster.stop()
         done += self.host.restore(self.node.node_dirs)
+        RECORD_PATH.unlink(missing_ok=True)
         return done
 
     def pids(self) -> dict[str, int]:
         return {**self.cluster.pids(), **self.node.pids()}
+
+
+def clean_up_leftover_node(record_path: Path = RECORD_PATH) -> list[str]:
+    """Stops a recorded real node whose owner is gone and restores the host.
+
+    Refuses while any recorded process still runs: that node has an owner (a demo
+    started by `kaito dev up --real-node`, or a test run) and `kaito dev down` or the
+    owner's own teardown is the way to stop it.
+    """
+    try:
+        record = json.loads(record_path.read_text())
+    except (FileNotFoundError, ValueError):
+        return []
+    node_pids = {k: int(v) for k, v in record.get("node_pids", {}).items()}
+    plane_pids = {k: int(v) for k, v in record.get("control_plane_pids", {}).items()}
+    alive = [name for name, pid in {**plane_pids, **node_pids}.items() if _alive(pid)]
+    owner = record.get("owner_pid")  # None: owned by `kaito dev up` until `kaito dev down`
+    if alive and (owner is None or _alive_any(owner)):
+        raise RealNodeError(f"a real node runs on this machine ({', '.join(sorted(alive))}); "
+                            "stop it first (`kaito dev down`)")
+    done = stop_node_processes(node_pids, socket=Path(record["socket"]),
+                               kube_proxy=Path(record["kube_proxy"]),
+                               workdir=Path(record["workdir"]))
+    _terminate(list(plane_pids.values()))
+    host = RealNodeHost(Path(record["workdir"]))
+    done += host.restore(tuple(Path(d) for d in record.get("node_dirs", [])))
+    record_path.unlink(missing_ok=True)
+    return done
+
+
+def _alive_any(pid: object) -> bool:
+    return isinstance(pid, int) and _alive(pid)

@@ -11,6 +11,7 @@ The operator is allowed to reach exactly those two (its settings), nothing else.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,10 +50,14 @@ class RealEnv:
 def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealEnv]:
     if os.geteuid() != 0:
         pytest.fail("the real-node tier runs containerd, a kubelet and iptables: needs root")
+    # A SIGTERM (a CI time-out) runs the teardown below like Ctrl-C would: the node's
+    # host changes are undone rather than left behind.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     images = project_images()
     workdir = tmp_path_factory.mktemp("real")
     real = RealCluster(
-        workdir / "cluster", find_binaries(), sandbox_image=images.pods["pause"],
+        workdir / "cluster", find_binaries(), owner_pid=os.getpid(),
+        sandbox_image=images.pods["pause"],
         images=images.pull_map(), image_registry=images.registry,
         extra_labels=NODE_LABELS)
     helpers: list[subprocess.Popen[bytes]] = []
@@ -77,3 +82,8 @@ def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealEnv]:
             process.terminate()
             process.wait(timeout=30)
         real.stop()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
