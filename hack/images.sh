@@ -8,7 +8,7 @@
 #   hack/images.sh refs [HOST:PORT] name=ref, one a line, for the current tree
 #   hack/images.sh all              build, serve-registry, push, refs
 #   hack/images.sh verify           check inside the images (torch in runtime only, kaito runs)
-#   hack/images.sh prune            drop images of older trees and buildah's leftovers
+#   hack/images.sh prune            untag images of older trees (the layer cache stays)
 #
 # Every image is tagged with a hash of its inputs (hack/images/inputs.py): an unchanged
 # tree builds and pushes nothing, a source edit rebuilds only the layers after the
@@ -328,18 +328,24 @@ cmd_verify() {
   ((${#failures[@]} == 0)) || die "verify: ${#failures[@]} failed: ${failures[*]}"
 }
 
+# Untags the operator and runtime images of older trees, keeping the current tree's and
+# the newest two of each (another clone may share this cache). Untagged intermediate images
+# are left alone on purpose: they are buildah's layer cache (the GB dependency layers).
 cmd_prune() {
   prepare
-  local keep=() label ref image
+  local keep=() label ref image repository count
   while IFS== read -r label ref; do keep+=("localhost/$ref"); done < <(image_list)
-  keep+=("localhost/kaito-base:$(base_tag)" "localhost/kaito-curl:$(curl_tag "$(base_tag)")")
   bah rm --all >/dev/null
-  while read -r image; do
-    [[ $image == localhost/kaito-* ]] || continue
-    [[ " ${keep[*]} " == *" $image "* ]] && continue
-    say "prune: $image"; bah rmi "$image" >/dev/null
-  done < <(bah images --format '{{.Name}}:{{.Tag}}')
-  bah rmi --prune >/dev/null 2>&1 || true
+  for repository in localhost/kaito-operator localhost/kaito-runtime; do
+    count=0
+    while read -r image; do
+      count=$((count + 1))
+      ((count <= 2)) && continue
+      [[ " ${keep[*]} " == *" $image "* ]] && continue
+      say "prune: $image"; bah rmi "$image" >/dev/null
+    done < <(bah images --filter "reference=$repository" --format '{{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' \
+      | awk -v r="$repository:" 'index($2, r) == 1' | sort -rn | awk '{print $2}')
+  done
   say "prune: done ($(du -sh "$CACHE/storage" | cut -f1) in buildah storage)"
 }
 
