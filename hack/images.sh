@@ -190,14 +190,18 @@ build_target() { # TARGET TAG BASE_TAG
 $(grep -c '^--> Using cache' "$log") from cache)"
 }
 
-cmd_build() {
-  prepare
+build_all() {
   local base; base=$(base_tag)
   build_base "$base"
   build_pause "$(pause_tag)"
   build_curl "$(curl_tag "$base")" "$base"
   build_target operator "$(target_tag operator "$base")" "$base"
   build_target runtime "$(target_tag runtime "$base")" "$base"
+}
+
+cmd_build() {
+  prepare
+  build_all
   say "build: done"
 }
 
@@ -262,24 +266,29 @@ cmd_push() {
   local host=${1:-$LOCAL_REGISTRY}
   prepare
   registry_up "$host" || die "no registry at http://$host/v2/ (hack/images.sh serve-registry)"
-  local base entry label ref repo tag local_name curl
+  local base line label ref repo tag local_name curl images
   base=$(base_tag); curl=$(curl_tag "$base")
-  while IFS== read -r label ref; do
-    repo=${ref%:*}; tag=${ref##*:}
+  mapfile -t images < <(image_list)
+  # Others may edit the tree between `build` and `push`: build what the tree now needs
+  # (seconds when nothing changed) rather than fail.
+  for line in "${images[@]}"; do
+    ref=${line#*=}; [[ ${line%%=*} == curl ]] && ref=kaito-curl:$curl
+    if ! has_image "localhost/$ref"; then say "push: localhost/$ref is not built yet"; build_all; break; fi
+  done
+  for line in "${images[@]}"; do
+    label=${line%%=*}; ref=${line#*=}; repo=${ref%:*}; tag=${ref##*:}
     if [[ $label == curl ]]; then
       # `latest` is not a content tag: the content tag beside it says what is there.
       local_name=localhost/kaito-curl:$curl
       if has_manifest "$host" "$repo" "$curl"; then say "push $host/$repo:$curl: present"; continue; fi
-      has_image "$local_name" || die "$local_name is not built (hack/images.sh build)"
       push_one "$host" "$local_name" "$repo:latest"
       push_one "$host" "$local_name" "$repo:$curl"
       continue
     fi
     local_name=localhost/$ref
     if has_manifest "$host" "$repo" "$tag"; then say "push $host/$ref: present"; continue; fi
-    has_image "$local_name" || die "$local_name is not built (hack/images.sh build)"
     push_one "$host" "$local_name" "$ref"
-  done < <(image_list)
+  done
   say "push: done"
 }
 
@@ -342,7 +351,7 @@ cmd_prune() {
       count=$((count + 1))
       ((count <= 2)) && continue
       [[ " ${keep[*]} " == *" $image "* ]] && continue
-      say "prune: $image"; bah rmi "$image" >/dev/null
+      say "prune: $image"; bah rmi "$image" >/dev/null </dev/null
     done < <(bah images --filter "reference=$repository" --format '{{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' \
       | awk -v r="$repository:" 'index($2, r) == 1' | sort -rn | awk '{print $2}')
   done
