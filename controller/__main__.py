@@ -27,6 +27,7 @@ from controller.workspace.reconciler import WorkspaceSettings
 from controller.workspace.setup import setup_workspace_controller
 from controller.workspace.workload import WorkloadSettings
 from kaito.logs import configure_logging
+from presets.catalog import HfConfigSource
 
 log = logging.getLogger("controller")
 
@@ -117,7 +118,7 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
             use_machines=options.use_machines,
             progress_interval_seconds=options.progress_interval_seconds,
             operator_namespace=options.operator_namespace,
-            hf_config_dirs=options.hf_config_dirs,
+            hf_configs=HfConfigSource(options.hf_config_dirs, options.hf_endpoint),
         ),
     )
     return reconciler.close

@@ -83,6 +83,8 @@ class WorkspaceControllerSettings(BaseModel):
     # Directories of Hugging Face config.json files for best-effort presets (comma
     # separated); the same as the webhook's KAITO_WEBHOOK_HF_CONFIG_DIRS.
     hf_config_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
+    # A Hugging Face Hub endpoint such config.json files are read from otherwise (unset: none).
+    hf_endpoint: str | None = None
 
     @field_validator("fetch_allow_cidrs", "plain_http_registries", "hf_config_dirs",
                      mode="before")

@@ -1,12 +1,20 @@
 """Typed loader over the preset catalog (models.yaml) and the GPU SKU table (skus.yaml).
 
-The data files are the source of truth; this module only parses them once into frozen
-models and answers look-ups. Nothing here does I/O after the first load.
+The data files are the source of truth; this module parses them once into frozen models
+and answers look-ups. The one exception to "no I/O after the first load" is
+`HfConfigSource`, which reads a model's config.json (local directories, optionally the
+Hugging Face Hub) for best-effort presets; it blocks, so async callers run it in a thread.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -187,14 +195,13 @@ class Catalog(_Frozen):
         lowered = name.lower()
         return next((m for m in self.models.values() if m.hf_id.lower() == lowered), None)
 
-    def resolve(self, name: str, hf_config_dirs: tuple[Path, ...] = ()) -> ModelPreset | None:
+    def resolve(self, name: str, source: HfConfigSource | None = None) -> ModelPreset | None:
         """The preset by name or Hugging Face id, else (best-effort, upstream since v0.9) one
-        built from the model's config.json when one of ``hf_config_dirs`` holds it."""
+        built from the model's config.json when ``source`` can read it (blocking)."""
         preset = self.preset(name)
-        if preset is not None or not is_hf_model_id(name):
+        if preset is not None or not is_hf_model_id(name) or source is None:
             return preset
-        config = find_hf_config(name, hf_config_dirs)
-        return preset_from_hf_config(name, config) if config is not None else None
+        return source.preset(name)
 
     def tuning_presets(self) -> list[ModelPreset]:
         return [m for m in self.models.values() if m.tuning.lora or m.tuning.qlora]
@@ -314,3 +321,58 @@ def preset_from_hf_config(hf_id: str, config: Mapping[str, Any]) -> ModelPreset 
         attention_heads=heads, kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab,
         tie_word_embeddings=tied, runtimes=("vllm",),
     )
+
+
+def fetch_hf_config(
+    hf_id: str, endpoint: str, *, token: str | None = None, timeout_seconds: float = 3.0
+) -> dict[str, Any] | None:
+    """The model's config.json from a Hugging Face Hub endpoint (``<endpoint>/<id>/resolve/
+    main/config.json``), or None when it cannot be read (absent, gated, slow, not JSON)."""
+    if not is_hf_model_id(hf_id) or urllib.parse.urlsplit(endpoint).scheme not in (
+            "http", "https"):
+        return None
+    url = f"{endpoint.rstrip('/')}/{urllib.parse.quote(hf_id)}/resolve/main/{HF_CONFIG_FILE}"
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_seconds) as response:
+            loaded = json.loads(response.read(1 << 20))
+    except (OSError, ValueError):  # URLError, HTTPError and timeouts are OSErrors
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+class HfConfigSource:
+    """Best-effort presets from config.json files: local directories first, then the Hub
+    endpoint when one is configured. Results are cached (failures for ``retry_seconds``),
+    so a webhook or a reconcile loop asks the Hub at most once per model and interval."""
+
+    def __init__(self, dirs: tuple[Path, ...] = (), endpoint: str | None = None, *,
+                 timeout_seconds: float = 3.0, retry_seconds: float = 300.0) -> None:
+        self.dirs, self.endpoint = dirs, endpoint
+        self.timeout_seconds, self.retry_seconds = timeout_seconds, retry_seconds
+        self._found: dict[str, ModelPreset] = {}
+        self._missing_until: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def is_configured(self) -> bool:
+        return bool(self.dirs or self.endpoint)
+
+    def preset(self, hf_id: str) -> ModelPreset | None:
+        with self._lock:
+            if hf_id in self._found:
+                return self._found[hf_id]
+            if self._missing_until.get(hf_id, 0.0) > time.monotonic():
+                return None
+        config = find_hf_config(hf_id, self.dirs)
+        if config is None and self.endpoint:
+            config = fetch_hf_config(hf_id, self.endpoint, timeout_seconds=self.timeout_seconds)
+        preset = preset_from_hf_config(hf_id, config) if config is not None else None
+        with self._lock:
+            if preset is not None:
+                self._found[hf_id] = preset
+            else:
+                self._missing_until[hf_id] = time.monotonic() + self.retry_seconds
+        return preset

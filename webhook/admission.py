@@ -11,7 +11,6 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ParamSpec, Protocol, TypeVar
 
 import jsonpatch
@@ -20,7 +19,7 @@ from pydantic import ValidationError
 from crds.addresses import Network
 from crds.tuning_config import CONFIG_KEY, default_config_text, is_template_name, template_name
 from crds.workspace import Workspace
-from presets.catalog import Catalog
+from presets.catalog import Catalog, HfConfigSource, ModelPreset, is_hf_model_id
 from webhook.defaulting import default, deprecation_warnings
 from webhook.errors import FieldError, join
 from webhook.review import AdmissionReview, allowed, denied
@@ -55,8 +54,8 @@ class AdmissionOptions:
     """Where the default tuning configs (lora-/qlora-params-template) live."""
     node_provisioning: bool = True
     """False: bring-your-own nodes (upstream's disableNodeAutoProvisioning)."""
-    hf_config_dirs: tuple[Path, ...] = ()
-    """Local config.json files for best-effort Hugging Face presets."""
+    hf_configs: HfConfigSource | None = None
+    """Where best-effort presets' config.json come from (local dirs, the Hub); None: none."""
 
 
 class ConfigMapUnavailable(Exception):
@@ -101,12 +100,10 @@ def _config_name(ws: Workspace) -> str:
 
 
 def _default_patch(parsed: Workspace, old: Workspace | None, presets: Catalog,
-                   config: TrainingConfig | None,
-                   options: AdmissionOptions | None = None) -> list[dict[str, Any]]:
-    options = options or AdmissionOptions()
+                   config: TrainingConfig | None, node_provisioning: bool = True,
+                   best_effort: ModelPreset | None = None) -> list[dict[str, Any]]:
     defaulted = default(parsed, presets, old=old, tuning_config=config,
-                        node_provisioning=options.node_provisioning,
-                        hf_config_dirs=options.hf_config_dirs)
+                        node_provisioning=node_provisioning, best_effort=best_effort)
     before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
     after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
     return list(jsonpatch.make_patch(before, after))
@@ -134,6 +131,18 @@ async def _config_data(
     return data
 
 
+async def _best_effort(ws: Workspace, presets: Catalog,
+                       options: AdmissionOptions) -> ModelPreset | None:
+    """The preset built from the config.json of a Hugging Face id the catalog lacks (read
+    on a worker thread: local files or the Hub), or None."""
+    preset = ws.inference.preset if ws.inference is not None else None
+    source = options.hf_configs
+    if (preset is None or source is None or not is_hf_model_id(preset.name)
+            or presets.preset(preset.name) is not None):
+        return None
+    return await asyncio.to_thread(source.preset, preset.name)
+
+
 def _namespace(review: AdmissionReview, ws: Workspace) -> str:
     return review.request.namespace or ws.metadata.namespace or "default"
 
@@ -158,7 +167,9 @@ async def mutate(review: AdmissionReview, presets: Catalog, reader: ConfigMapRea
                       code=503, reason="ServiceUnavailable")
     if parsed.tuning is not None and data is not None:
         config, _ = parse_tuning_config(_config_name(parsed), data, parsed.tuning.method)
-    patch = await _run(offload, _default_patch, parsed, old, presets, config, options)
+    best_effort = await _best_effort(parsed, presets, options)
+    patch = await _run(offload, _default_patch, parsed, old, presets, config,
+                       options.node_provisioning, best_effort)
     warnings = deprecation_warnings(parsed) if request.operation == "CREATE" else []
     return allowed(request.uid, patch=patch, warnings=warnings)
 
@@ -185,14 +196,14 @@ async def check(review: AdmissionReview, presets: Catalog, reader: ConfigMapRead
     except ConfigMapUnavailable as error:
         return denied(request.uid, f"tuning.config: could not read the ConfigMap: {error}",
                       code=503, reason="ServiceUnavailable")
+    best_effort = await _best_effort(parsed, presets, options)
     errors = await _run(offload, validate, parsed, old, presets, tuning_config_data=data,
                         allowed_networks=options.allowed_networks,
-                        node_provisioning=options.node_provisioning,
-                        hf_config_dirs=options.hf_config_dirs)
+                        node_provisioning=options.node_provisioning, best_effort=best_effort)
     if errors:
         log.info("workspace denied", extra={"uid": request.uid, "workspace": parsed.metadata.name,
                                             "errors": len(errors)})
         return denied(request.uid, join(errors))
     warnings = await _run(offload, admission_warnings, parsed, presets,
-                          tuning_config_data=data, hf_config_dirs=options.hf_config_dirs)
+                          tuning_config_data=data, best_effort=best_effort)
     return allowed(request.uid, warnings=warnings)

@@ -10,10 +10,8 @@ On update, values the webhook filled earlier are carried over from the old objec
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from crds.workspace import Workspace
-from presets.catalog import Catalog
+from presets.catalog import Catalog, ModelPreset
 from presets.memory import (
     cheapest_inference_sku,
     cheapest_tuning_sku,
@@ -22,6 +20,7 @@ from presets.memory import (
 )
 from webhook.fit import tuning_plan
 from webhook.tuning_config import TrainingConfig
+from webhook.validation import resolve_preset
 
 DEFAULT_ADAPTER_STRENGTH = "1.0"
 
@@ -33,7 +32,7 @@ def default(
     old: Workspace | None = None,
     tuning_config: TrainingConfig | None = None,
     node_provisioning: bool = True,
-    hf_config_dirs: tuple[Path, ...] = (),
+    best_effort: ModelPreset | None = None,
 ) -> Workspace:
     """A copy of the workspace with defaults filled in. With bring-your-own nodes
     (``node_provisioning`` False) or a GPU partition no instance type is chosen: the
@@ -60,7 +59,7 @@ def default(
 
     if ws.inference is not None and ws.tuning is None:
         preset_spec = ws.inference.preset
-        preset = (presets.resolve(preset_spec.name, hf_config_dirs)
+        preset = (resolve_preset(presets, preset_spec.name, best_effort)
                   if preset_spec is not None else None)
         if preset is not None and ws.inference.template is None:
             if not resource.instance_type and may_choose_sku:

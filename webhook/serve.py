@@ -23,7 +23,7 @@ from cryptography import x509
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from presets.catalog import load_catalog
+from presets.catalog import HfConfigSource, load_catalog
 from webhook.admission import AdmissionOptions, ConfigMapReader
 from webhook.certs import Bundle, next_bundle
 from webhook.kube import (
@@ -200,7 +200,7 @@ async def serve(settings: WebhookSettings, stop: asyncio.Event) -> None:
         options = AdmissionOptions(
             allowed_networks=settings.fetch_allow_cidrs, operator_namespace=settings.namespace,
             node_provisioning=settings.node_provisioning,
-            hf_config_dirs=settings.hf_config_dirs)
+            hf_configs=HfConfigSource(settings.hf_config_dirs, settings.hf_endpoint))
         app = build_app(load_catalog(), reader, metrics=WebhookMetrics(),
                         ready=lambda: tls.is_loaded, options=options)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)

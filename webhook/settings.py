@@ -57,6 +57,10 @@ class WebhookSettings(BaseSettings):
     cache layout), comma separated: a preset named by a Hugging Face id that is not in the
     catalog gets a memory estimate from its config there; without one it is admitted
     best-effort with a warning."""
+    hf_endpoint: str | None = None
+    """A Hugging Face Hub endpoint (https://huggingface.co, or a mirror) the config.json of
+    such a model is read from when no directory holds it (3 s timeout, cached); unset: no
+    network at admission. config/manager sets it."""
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 
 from crds.addresses import Network, url_problem
 from crds.tuning_config import template_name
@@ -37,10 +36,13 @@ _BYO_HINT = ("with node auto-provisioning disabled (KAITO_WEBHOOK_NODE_PROVISION
 
 
 def resolve_preset(
-    catalog: Catalog, name: str, hf_config_dirs: Sequence[Path] = ()
+    catalog: Catalog, name: str, best_effort: ModelPreset | None = None
 ) -> ModelPreset | None:
-    """The catalog's preset, else a best-effort one from a local config.json."""
-    return catalog.resolve(name, tuple(hf_config_dirs))
+    """The catalog's preset, else the best-effort one admission built for this name."""
+    found = catalog.preset(name)
+    if found is None and best_effort is not None and best_effort.name == name:
+        return best_effort
+    return found
 
 
 def is_placeholder(value: str) -> bool:
@@ -56,13 +58,15 @@ def validate(
     tuning_config_data: dict[str, str] | None = None,
     allowed_networks: Sequence[Network] = (),
     node_provisioning: bool = True,
-    hf_config_dirs: Sequence[Path] = (),
+    best_effort: ModelPreset | None = None,
 ) -> list[FieldError]:
     """All problems with `new` (an update when `old` is given); empty means admitted.
 
     `allowed_networks`: the operator's non-public networks tuning urls may point at.
     `node_provisioning`: False is bring-your-own nodes (unknown instance types and
     resource.partition allowed; GPU fit is the controller's, from the nodes' labels).
+    `best_effort`: the preset admission built from the config.json of a Hugging Face id
+    that is not in the catalog (None: not readable).
     `tuning_config_data`: the tuning ConfigMap's data (for an empty tuning.config, the
     method's default template's), None when it does not exist.
 
@@ -79,7 +83,7 @@ def validate(
                                  "exactly one of inference or tuning must be set"))
     errors += _resource_errors(new, presets, node_provisioning)
     if has_inference and not has_tuning:
-        errors += _inference_errors(new, presets, node_provisioning, hf_config_dirs)
+        errors += _inference_errors(new, presets, node_provisioning, best_effort)
     if has_tuning and not has_inference:
         errors += _tuning_errors(new, presets, tuning_config_data, allowed_networks,
                                  node_provisioning)
@@ -177,7 +181,7 @@ def mig_profile_gib(profile: str) -> float | None:
 
 
 def _inference_errors(ws: Workspace, presets: Catalog, node_provisioning: bool = True,
-                      hf_config_dirs: Sequence[Path] = ()) -> list[FieldError]:
+                      best_effort: ModelPreset | None = None) -> list[FieldError]:
     inference = ws.inference
     assert inference is not None
     errors: list[FieldError] = []
@@ -187,7 +191,7 @@ def _inference_errors(ws: Workspace, presets: Catalog, node_provisioning: bool =
                                  "exactly one of preset or template must be set"))
     if inference.preset is not None and not has_template:
         name = inference.preset.name
-        preset = resolve_preset(presets, name, hf_config_dirs)
+        preset = resolve_preset(presets, name, best_effort)
         if preset is None and not is_hf_model_id(name):
             errors.append(FieldError("inference.preset.name", "Unsupported value",
                                      "not in the preset catalog (a Hugging Face model id "
@@ -380,7 +384,7 @@ def _update_errors(new: Workspace, old: Workspace) -> list[FieldError]:
 
 def admission_warnings(
     ws: Workspace, presets: Catalog, *, tuning_config_data: dict[str, str] | None = None,
-    hf_config_dirs: Sequence[Path] = (),
+    best_effort: ModelPreset | None = None,
 ) -> list[str]:
     """Warnings for an admitted workspace (the request still succeeds)."""
     warnings: list[str] = []
@@ -392,7 +396,7 @@ def admission_warnings(
         if config is not None:
             warnings += config_warnings(config)
     if ws.inference is not None and ws.inference.preset is not None:
-        warnings += _best_effort_warnings(ws.inference.preset.name, presets, hf_config_dirs)
+        warnings += _best_effort_warnings(ws.inference.preset.name, presets, best_effort)
     if ws.tuning is not None and sku is not None and not sku.bf16 and computes_in_bfloat16(config):
         # runtime.precision computes bfloat16 requests (and auto) in float16 on such GPUs.
         warnings.append(
@@ -411,10 +415,11 @@ def admission_warnings(
     return warnings
 
 
-def _best_effort_warnings(name: str, presets: Catalog, hf_config_dirs: Sequence[Path]) -> list[str]:
+def _best_effort_warnings(name: str, presets: Catalog,
+                          best_effort: ModelPreset | None) -> list[str]:
     if presets.preset(name) is not None or not is_hf_model_id(name):
         return []
-    preset = resolve_preset(presets, name, hf_config_dirs)
+    preset = resolve_preset(presets, name, best_effort)
     if preset is None:
         return [(f"inference.preset.name: {name} is not in the preset catalog and its "
                 "config.json could not be read (this operator does not fetch from Hugging "

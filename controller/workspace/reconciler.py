@@ -12,13 +12,13 @@ finalizer.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from controller.events import NORMAL, WARNING, EventRecorder
@@ -80,7 +80,7 @@ from crds.tuning_config import (
     with_target_modules,
 )
 from crds.workspace import CONDITION_INFERENCE_READY, CONDITION_WORKSPACE_READY, Workspace
-from presets.catalog import Catalog, ModelPreset, is_hf_model_id
+from presets.catalog import Catalog, HfConfigSource, ModelPreset, is_hf_model_id
 from presets.memory import DEFAULT_TUNING_SEQ_LEN, TuningShape
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ DESIRED_HASH_ANNOTATION = "workspace.kaito.sh/desired-hash"
 # Upstream releases the nodes after tuning; here the adapter is served unless this is "false".
 SERVE_AFTER_TUNING_ANNOTATION = "kaito.sh/serve-after-tuning"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+BEST_EFFORT_RETRY_SECONDS = 300.0  # a model whose config.json could not be read
 _WAITING_REASONS = frozenset({
     "TuningInProgress", "JobNotCreated", "JobPending", "NodeClaimNotReady",
     "WorkloadNotCreated", "InferenceNotReady"})
@@ -105,7 +106,7 @@ class WorkspaceSettings:
     progress_interval_seconds: float = 15.0
     deletion_poll_seconds: float = 2.0
     operator_namespace: str = "kaito-system"  # where lora-/qlora-params-template live
-    hf_config_dirs: tuple[Path, ...] = ()  # config.json files for best-effort presets
+    hf_configs: HfConfigSource | None = None  # config.json of best-effort presets
 
 
 @dataclass
@@ -202,7 +203,10 @@ class WorkspaceReconciler:
 
         is_tuning = ws.tuning is not None
         spec = ws.tuning.preset if ws.tuning else (ws.inference.preset if ws.inference else None)
-        preset = self._catalog.resolve(spec.name, self._settings.hf_config_dirs) if spec else None
+        preset = self._catalog.preset(spec.name) if spec else None
+        if spec is not None and preset is None and self._settings.hf_configs is not None:
+            # Best-effort Hugging Face id: its config.json (cached; files or the Hub).
+            preset = await asyncio.to_thread(self._settings.hf_configs.preset, spec.name)
         instance_type = ws.resource.instance_type if ws.resource else None
         sku = self._catalog.sku(instance_type) if instance_type else None
         if preset is None:
@@ -215,14 +219,16 @@ class WorkspaceReconciler:
             elif is_hf_model_id(spec.name):
                 plan.conditions["ResourceReady"] = Verdict(
                     "False", "ModelConfigUnavailable",
-                    f"{spec.name} is not in this operator's catalog and its config.json is "
-                    "not in KAITO_WORKSPACE__HF_CONFIG_DIRS (no network fetch): its size, "
-                    "and so its nodes, cannot be worked out")
+                    f"{spec.name} is not in this operator's catalog and its config.json could "
+                    "not be read (KAITO_WORKSPACE__HF_CONFIG_DIRS, KAITO_WORKSPACE__HF_ENDPOINT):"
+                    " its size, and so its nodes, cannot be worked out; retried in 5 minutes")
             else:
                 plan.conditions["ResourceReady"] = Verdict(
                     "False", "PresetNotFound",
                     f"preset {spec.name!r} is not in this operator's catalog")
             await self._write_status(ws, obj, plan, target=None, workers=None, tuning=None)
+            if spec is not None and is_hf_model_id(spec.name):
+                return Result(requeue_after_seconds=BEST_EFFORT_RETRY_SECONDS)
             return Result()
 
         namespace = ws.metadata.namespace or "default"

@@ -10,7 +10,9 @@ lora-params-template (from the operator's namespace) with the preset's target mo
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,8 +65,41 @@ def operator_namespace(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A Hugging Face Hub endpoint holding one model's config.json (a Llama-8B shape)."""
+
+    def do_GET(self) -> None:
+        if self.path != "/someorg/llama-like-8b/resolve/main/config.json":
+            self.send_error(404)
+            return
+        body = json.dumps({
+            "hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+            "max_position_embeddings": 131072}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 @pytest.fixture(scope="module")
-def byo_controller(cluster: LocalCluster, operator_namespace: str,
+def hub() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, name="fake-hub", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def byo_controller(cluster: LocalCluster, operator_namespace: str, hub: str,
                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[ComponentProcess]:
     cluster.kubectl("apply", "-f", str(REPO / "config" / "crd" / "bases"))
     process = ComponentProcess(
@@ -73,6 +108,7 @@ def byo_controller(cluster: LocalCluster, operator_namespace: str,
         args=["--no-leader-elect", "--workers", "2"],
         env={"KAITO_WORKSPACE__NODE_PROVISIONING": "false",
              "KAITO_WORKSPACE__OPERATOR_NAMESPACE": operator_namespace,
+             "KAITO_WORKSPACE__HF_ENDPOINT": hub,
              "KAITO_WORKSPACE__PROGRESS_INTERVAL_SECONDS": "2"})
     process.start()
     try:
@@ -178,3 +214,22 @@ def test_a_partitioned_workspace_asks_for_its_partitions(
     deployment = _get(cluster, "deployments", "-n", namespace)["items"][0]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_a_hugging_face_id_is_sized_from_its_config_and_served(
+    cluster: LocalCluster, cluster_namespace: str, byo_controller: ComponentProcess
+) -> None:
+    namespace, name = cluster_namespace, "hf-best-effort"
+    cluster.create_gpu_node(f"l40-{namespace}", gpus=1, taints=[GPU_TAINT],
+                            labels=_gfd("NVIDIA-L40S", 1, 46068, name))
+    for model, workspace in (("someorg/llama-like-8b", name), ("someorg/not-on-the-hub",
+                                                                 f"{name}-missing")):
+        document = _workspace(workspace, model)
+        document["resource"]["labelSelector"] = {"matchLabels": {"app": name}}
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+    wait_for("InferenceReady", lambda: _condition(
+        _get(cluster, "workspace", name, "-n", namespace), "InferenceReady"
+    ).get("status") == "True", timeout=180)
+    wait_for("ModelConfigUnavailable", lambda: _condition(
+        _get(cluster, "workspace", f"{name}-missing", "-n", namespace), "ResourceReady"
+    ).get("reason") == "ModelConfigUnavailable", timeout=60)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
 from presets.catalog import (
     GIB,
     IMAGE_WEIGHTS_PRESETS,
+    HfConfigSource,
     ModelPreset,
+    fetch_hf_config,
     find_hf_config,
     is_hf_model_id,
     load_catalog,
@@ -206,3 +212,61 @@ def test_an_unrecorded_intermediate_size_is_only_for_hybrids_without_tuning() ->
         ModelPreset.model_validate({**dense.model_dump(), "intermediate_size": 0})
     hybrid = load_catalog().preset("nemotron-nano-9b-v2")
     assert hybrid is not None and hybrid.intermediate_size == 0
+
+
+
+class _Hub(http.server.BaseHTTPRequestHandler):
+    """A Hub endpoint serving one model's config.json and counting requests."""
+
+    requests: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        _Hub.requests.append(self.path)
+        if self.path == "/org/served-model/resolve/main/config.json":
+            body = json.dumps(LLAMA_8B_CONFIG).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_error(401 if "gated" in self.path else 404)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def hub() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
+    thread = threading.Thread(target=server.serve_forever, name="fake-hub", daemon=True)
+    thread.start()
+    _Hub.requests.clear()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_a_config_is_fetched_from_a_hub_endpoint(hub: str) -> None:
+    assert fetch_hf_config("org/served-model", hub) == LLAMA_8B_CONFIG
+    assert fetch_hf_config("org/missing", hub) is None
+    assert fetch_hf_config("org/gated-model", hub) is None
+    assert fetch_hf_config("org/served-model", "file:///etc") is None
+
+
+def test_the_config_source_caches_hits_and_misses(hub: str, tmp_path: Path) -> None:
+    source = HfConfigSource((tmp_path,), hub)
+    first = source.preset("org/served-model")
+    assert first is not None and first.is_best_effort
+    assert source.preset("org/served-model") is first
+    assert source.preset("org/missing") is None
+    assert source.preset("org/missing") is None
+    assert sorted(_Hub.requests) == ["/org/missing/resolve/main/config.json",
+                                     "/org/served-model/resolve/main/config.json"]
+    catalog = load_catalog()
+    assert catalog.resolve("org/served-model", source) is first
+    assert catalog.resolve("org/served-model") is None
+    assert catalog.resolve("phi-4", source) is catalog.preset("phi-4")

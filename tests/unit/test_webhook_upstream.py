@@ -34,7 +34,7 @@ from crds.tuning_config import (
     with_target_modules,
 )
 from crds.workspace import Workspace
-from presets.catalog import load_catalog
+from presets.catalog import HfConfigSource, load_catalog
 from webhook.admission import AdmissionOptions, ConfigMapUnavailable, check, mutate
 from webhook.review import AdmissionReview
 
@@ -277,7 +277,8 @@ async def test_a_hugging_face_id_with_a_readable_config_is_sized(tmp_path: Path)
     model_dir = tmp_path / "someorg" / "big-70b"
     model_dir.mkdir(parents=True)
     (model_dir / "config.json").write_text(json.dumps(LLAMA_70B_CONFIG))
-    options = AdmissionOptions(operator_namespace=OPERATOR_NAMESPACE, hf_config_dirs=(tmp_path,))
+    options = AdmissionOptions(operator_namespace=OPERATOR_NAMESPACE,
+                               hf_configs=HfConfigSource((tmp_path,)))
     catalog, reader = load_catalog(), Reader()
     obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
            "resource": {"labelSelector": {"matchLabels": {"a": "b"}}},
