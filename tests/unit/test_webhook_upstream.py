@@ -316,3 +316,15 @@ async def test_tuning_refuses_a_hugging_face_id_and_weights_pvc() -> None:
     obj["tuning"]["preset"]["presetOptions"]["modelWeightsPVC"] = "weights"
     is_allowed, text, _ = await admit(obj)
     assert not is_allowed and "for inference only" in text
+
+
+@pytest.mark.parametrize("name", sorted(load_catalog().models))
+async def test_every_catalog_preset_is_admitted_with_a_chosen_instance_type(name: str) -> None:
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"labelSelector": {"matchLabels": {"a": "b"}}},
+           "inference": {"preset": {"name": name,
+                                    "presetOptions": {"modelAccessSecret": "hf-token"}}}}
+    is_allowed, text, stored = await admit(obj)
+    assert is_allowed, text
+    sku = load_catalog().sku(stored["resource"]["instanceType"])
+    assert sku is not None and stored["resource"]["count"] >= 1
