@@ -1,5 +1,5 @@
 # The two commands a newcomer needs: `make demo` and `make test` (see README.md).
-.PHONY: demo demo-down test unit envtest e2e runtime lint crds lock bench
+.PHONY: demo demo-down test unit envtest e2e runtime kubelet lint crds lock bench
 
 # UPGRADE=1: run against the newest release of every dependency instead of the lock
 # (a scheduled check of what the next `make lock` would break; not part of CI).
@@ -25,6 +25,9 @@ e2e:
 
 runtime:
 	bash hack/test.sh -m runtime $(ARGS)
+
+kubelet:
+	bash hack/test.sh -m kubelet $(ARGS)
 
 lint:
 	V=$$(bash hack/venv.sh) && $$V/bin/ruff check . && $$V/bin/mypy kaito crds presets webhook controller runtime
