@@ -73,9 +73,11 @@ from controller.workspace.workload import (
 )
 from crds.tuning_config import (
     CONFIG_KEY,
+    ConfigError,
     Method,
     default_config_text,
     is_template_name,
+    parse_training_config_text,
     template_name,
     with_target_modules,
 )
@@ -282,8 +284,8 @@ class WorkspaceReconciler:
         observed = Observed(nodes=node_plan, is_tuning=is_tuning,
                             serves_after_tuning=serves_after_tuning)
         if is_tuning:
-            observed.job = await self._ensure_job(ws, obj, preset, sku, revision,
-                                                  may_create=node_plan.is_ready)
+            observed.job, observed.config_problem = await self._ensure_job(
+                ws, obj, preset, sku, revision, may_create=node_plan.is_ready)
             observed.job_pods = self._pods(namespace, {JOB_NAME_LABEL: name})
             succeeded = bool(observed.job and (observed.job.get("status") or {}).get("succeeded"))
             if succeeded and observed.serves_after_tuning and node_plan.is_ready:
@@ -337,7 +339,9 @@ class WorkspaceReconciler:
     async def _ensure_job(
         self, ws: Workspace, obj: KubeObject, preset: Any, sku: Any, revision: str, *,
         may_create: bool,
-    ) -> KubeObject | None:
+    ) -> tuple[KubeObject | None, str | None]:
+        """The tuning Job (made when the nodes are ready), and why the default config
+        cannot be used when the operator's template no longer parses."""
         assert ws.tuning is not None
         namespace = ws.metadata.namespace or "default"
         name = ws.metadata.name or ""
@@ -350,13 +354,16 @@ class WorkspaceReconciler:
                 await self._recorder.record(obj, NORMAL, "TuningJobReplaced",
                                             "the tuning spec changed: the Job is re-run",
                                             action="Tune")
-            return None
+            return None, None
         if current is not None or not may_create:
-            return current
+            return current, None
         config_name = ws.tuning.config
         if not config_name or (is_template_name(config_name)
                                and not await self._exists(CONFIGMAPS, config_name, namespace)):
-            config_map = await self._default_config_map(ws, preset, config_name, namespace)
+            config_map, problem = await self._default_config_map(
+                ws, preset, config_name, namespace)
+            if problem is not None:
+                return None, problem
             config_name = str(config_map["metadata"]["name"])
             await self._ensure(CONFIGMAPS, config_map, self._informers.configmaps)
         job = tuning_builders.build_tuning_job(
@@ -365,14 +372,15 @@ class WorkspaceReconciler:
         created = await self._create(JOBS, with_hash(job))
         await self._recorder.record(obj, NORMAL, "TuningJobCreated",
                                     f"Job {name} created", action="Tune")
-        return created
+        return created, None
 
     async def _default_config_map(
         self, ws: Workspace, preset: ModelPreset, config_name: str | None, namespace: str
-    ) -> KubeObject:
+    ) -> tuple[KubeObject, str | None]:
         """``<ws>-tuning-config``: the operator's template for the method (found by name
         in the operator's namespace, as upstream does; the built-in default when it is
-        missing) with the preset's LoRA target modules, as the webhook validated it."""
+        missing) with the preset's LoRA target modules, checked with the schema the webhook
+        and the tuning pod use; the problem when it does not parse (edited since)."""
         assert ws.tuning is not None
         method: Method = "qlora" if ws.tuning.method == "qlora" else "lora"
         name = config_name or template_name(method)
@@ -382,9 +390,15 @@ class WorkspaceReconciler:
         except NotFound:
             text = ""
         config_map = tuning_builders.build_default_tuning_config(ws, preset, method, namespace)
-        config_map["data"] = {CONFIG_KEY: with_target_modules(
-            text or default_config_text(method), preset.lora_target_modules)}
-        return config_map
+        final = with_target_modules(text or default_config_text(method),
+                                    preset.lora_target_modules)
+        config_map["data"] = {CONFIG_KEY: final}
+        try:
+            parse_training_config_text(final, method)
+        except ConfigError as error:
+            where = f"ConfigMap {name} in {self._settings.operator_namespace}"
+            return config_map, f"{where}: {error}"
+        return config_map, None
 
     async def _exists(self, resource: ResourceType, name: str, namespace: str) -> bool:
         try:

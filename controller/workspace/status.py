@@ -56,6 +56,7 @@ class Observed:
     workload: Mapping[str, Any] | None = None  # Deployment or StatefulSet
     workload_pods: Sequence[Mapping[str, Any]] = ()
     serves_after_tuning: bool = True
+    config_problem: str | None = None  # the operator's default tuning config is unusable
 
 
 @dataclass
@@ -127,6 +128,10 @@ def _resource_verdict(plan: NodePlan) -> Verdict:
 def _tuning_verdicts(observed: Observed) -> tuple[Verdict, Verdict | None]:
     """(JobStarted, WorkspaceSucceeded or None while running)."""
     job = observed.job
+    if job is None and observed.config_problem is not None:
+        return Verdict("False", "TuningConfigInvalid",
+                       "the default tuning config cannot be used: " + observed.config_problem
+                       + " (fix the template or set tuning.config)"), None
     if job is None:
         return Verdict("False", "JobNotCreated", "waiting for GPU nodes before creating the "
                        "tuning Job"), None

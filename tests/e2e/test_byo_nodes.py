@@ -233,3 +233,31 @@ def test_a_hugging_face_id_is_sized_from_its_config_and_served(
     wait_for("ModelConfigUnavailable", lambda: _condition(
         _get(cluster, "workspace", f"{name}-missing", "-n", namespace), "ResourceReady"
     ).get("reason") == "ModelConfigUnavailable", timeout=60)
+
+
+def test_a_broken_template_is_reported_not_run(
+    cluster: LocalCluster, cluster_namespace: str, operator_namespace: str,
+    byo_controller: ComponentProcess,
+) -> None:
+    # The webhook checked the template at admission; an operator's later edit that breaks
+    # it must show on the workspace instead of failing inside the tuning pod.
+    broken = {"training_config": {"QuantizationConfig": {"load_in_4bit": True},
+                                  "TrainingArguments": {"output_dir": "/etc"}}}
+    cluster.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                   "metadata": {"name": "qlora-params-template",
+                                "namespace": operator_namespace},
+                   "data": {"training_config.yaml": yaml.safe_dump(broken)}})
+    namespace, name = cluster_namespace, "tune-broken-template"
+    cluster.create_gpu_node(f"a100b-{namespace}", gpus=1, taints=[GPU_TAINT],
+                            labels=_gfd("NVIDIA-A100-SXM4-80GB", 1, 81920, name))
+    document = _workspace(name, "phi-3-mini-4k-instruct", tuning=True)
+    document["tuning"]["method"] = "qlora"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(document))
+
+    def job_started() -> dict[str, Any]:
+        return _condition(_get(cluster, "workspace", name, "-n", namespace), "JobStarted")
+
+    wait_for("TuningConfigInvalid", lambda: job_started().get("reason") == "TuningConfigInvalid",
+             timeout=120)
+    assert "output_dir" in job_started()["message"]
+    assert _get(cluster, "job", name, "-n", namespace) is None
