@@ -397,6 +397,11 @@ def admission_warnings(
             warnings += config_warnings(config)
     if ws.inference is not None and ws.inference.preset is not None:
         warnings += _best_effort_warnings(ws.inference.preset.name, presets, best_effort)
+        options = ws.inference.preset.preset_options
+        if options is not None and options.model_weights_pvc:
+            warnings.append(
+                "inference.preset.presetOptions.modelWeightsPVC is accepted but not used yet by "
+                "this operator: the weights are downloaded into the pod as usual")
     if ws.tuning is not None and sku is not None and not sku.bf16 and computes_in_bfloat16(config):
         # runtime.precision computes bfloat16 requests (and auto) in float16 on such GPUs.
         warnings.append(

@@ -328,3 +328,16 @@ async def test_every_catalog_preset_is_admitted_with_a_chosen_instance_type(name
     assert is_allowed, text
     sku = load_catalog().sku(stored["resource"]["instanceType"])
     assert sku is not None and stored["resource"]["count"] >= 1
+
+
+async def test_a_weights_pvc_is_admitted_with_a_warning_that_it_is_not_used_yet() -> None:
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"instanceType": "Standard_NC24ads_A100_v4",
+                        "labelSelector": {"matchLabels": {"a": "b"}}},
+           "inference": {"preset": {"name": "phi-4", "presetOptions": {
+               "modelWeightsPVC": "weights", "modelWeightsSubPath": "phi-4"}}}}
+    is_allowed, text, _ = await admit(obj)
+    assert is_allowed and "modelWeightsPVC is accepted but not used yet" in text
+    del obj["inference"]["preset"]["presetOptions"]["modelWeightsPVC"]
+    is_allowed, text, _ = await admit(obj)
+    assert not is_allowed and "modelWeightsSubPath: Invalid value: needs modelWeightsPVC" in text
