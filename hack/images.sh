@@ -34,7 +34,7 @@ die() { say "error: $*"; exit 1; }
 
 # --- what to build: content tags ------------------------------------------------------
 inputs() { python3 "$HERE/inputs.py" "$@"; }
-base_tag() { inputs hash "$HERE/base.sh"; }
+base_tag() { inputs hash "$HERE/base.sh"; }  # the whole recipe, its image config included
 pause_tag() { inputs hash "$HERE/pause.c" --extra recipe=static-gcc-1; }
 curl_tag() { inputs hash "$HERE/curl.Containerfile" --extra "base=$1"; }
 target_tag() { # TARGET BASE_TAG
@@ -131,8 +131,9 @@ build_base() { # TAG
     mnt=$(bah mount "$ctr")
     cp -a "$work/rootfs/." "$mnt/"
     bah umount "$ctr" >/dev/null
-    bah config --env PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-      --env VIRTUAL_ENV=/opt/venv --env LANG=C.UTF-8 --cmd python3 \
+    local config=() kind value
+    while read -r kind value; do config+=("--$kind" "$value"); done < <(bash "$HERE/base.sh" --config)
+    bah config "${config[@]}" \
       --label org.opencontainers.image.description="Debian bookworm, Python 3.11, /opt/venv" "$ctr"
     bah commit --quiet --rm "$ctr" "$name" >/dev/null
     rm -rf --one-file-system "$work/rootfs"

@@ -4,7 +4,18 @@
 # registry of base images can be reached. hack/images.sh keys its cache on a hash of this
 # file, so an edit here rebuilds the base and every image above it.
 #   base.sh ROOTFS MIRROR SECURITY_MIRROR   (run as root; ROOTFS must not exist yet)
+#   base.sh --config                        the image's config, `env K=V` and `cmd C` lines
 set -euo pipefail
+
+# What python:3.11-slim-bookworm's config gives the Dockerfile, with the venv first on PATH.
+config=(
+  "env PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+  "env VIRTUAL_ENV=/opt/venv"
+  "env LANG=C.UTF-8"
+  "cmd python3"
+)
+if [[ ${1:-} == --config ]]; then printf '%s\n' "${config[@]}"; exit 0; fi
+
 rootfs=$1 mirror=$2 security_mirror=$3
 packages=(python3 python3-venv python3-pip ca-certificates)
 
