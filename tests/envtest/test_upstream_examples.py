@@ -10,6 +10,7 @@ the webhook's (operator) namespace, where the webhook finds them by name.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,19 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES: list[dict[str, Any]] = yaml.safe_load(
     (Path(__file__).parent / "upstream_examples.yaml").read_text())["examples"]
 TEMPLATE_NAMES = ("lora-params-template", "qlora-params-template")
+
+
+def _install_crds(control_plane: LocalCluster) -> None:
+    """install_crds, again when `kubectl wait` ran before the new CRD had any condition
+    (it then fails with "status.conditions accessor error" instead of waiting)."""
+    for attempt in range(5):
+        try:
+            install_crds(control_plane)
+            return
+        except RuntimeError as error:
+            if "accessor error" not in str(error) or attempt == 4:
+                raise
+            time.sleep(1)
 
 
 def _templates(control_plane: LocalCluster) -> list[dict[str, Any]]:
@@ -90,7 +104,7 @@ def _stop(control_plane: LocalCluster, hook: RunningWebhook) -> None:
 @pytest.fixture(scope="module")
 def webhooks(control_plane: LocalCluster, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[dict[str, RunningWebhook]]:
-    install_crds(control_plane)
+    _install_crds(control_plane)
     logs = tmp_path_factory.mktemp("upstream-webhooks")
     running: dict[str, RunningWebhook] = {}
     try:
@@ -110,6 +124,11 @@ def test_upstream_example_gets_upstreams_decision(
     control_plane: LocalCluster, webhooks: dict[str, RunningWebhook], example: dict[str, Any]
 ) -> None:
     hook = webhooks[example["mode"]]
+    if "configmap" in example:
+        control_plane.apply({"apiVersion": "v1", "kind": "ConfigMap",
+                             "metadata": {"name": example["configmap"]["name"],
+                                          "namespace": f"ws-{hook.label_value}"},
+                             "data": example["configmap"]["data"]})
     result = control_plane.kubectl(
         "apply", "--dry-run=server", "-n", f"ws-{hook.label_value}", "-f", "-",
         input=yaml.safe_dump(example["workspace"]), check=False)
@@ -138,7 +157,7 @@ def test_default_bundle_installs_both_tuning_templates(
 
 
 def test_kubectl_explain_partition(control_plane: LocalCluster) -> None:
-    install_crds(control_plane)
+    _install_crds(control_plane)
     explained = control_plane.kubectl("explain", "workspace.resource.partition").stdout
     assert "bring-your-own" in explained
     for field in ("mode", "profile", "count"):

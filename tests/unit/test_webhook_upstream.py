@@ -96,7 +96,10 @@ async def admit(obj: dict[str, Any], *, mode: str = "nap",
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e["id"])
 async def test_upstream_example_gets_upstreams_decision(example: dict[str, Any]) -> None:
-    is_allowed, text, _ = await admit(example["workspace"], mode=example["mode"])
+    reader = Reader()
+    if "configmap" in example:
+        reader.data[(WS_NAMESPACE, example["configmap"]["name"])] = example["configmap"]["data"]
+    is_allowed, text, _ = await admit(example["workspace"], mode=example["mode"], reader=reader)
     assert is_allowed is (example["expect"] == "allow"), text
     if "message" in example:
         assert example["message"] in text
