@@ -59,7 +59,9 @@ def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealEnv]:
         workdir / "cluster", find_binaries(), owner_pid=os.getpid(),
         sandbox_image=images.pods["pause"],
         images=images.pull_map(), image_registry=images.registry,
-        extra_labels=NODE_LABELS)
+        extra_labels=NODE_LABELS,
+        # Two GPUs: a tuned workspace keeps serving while the next one starts.
+        gpu_count=2, instance_type="Standard_NC12s_v3")
     helpers: list[subprocess.Popen[bytes]] = []
     real.start()
     try:
