@@ -44,11 +44,11 @@ SIZES: dict[str, dict[str, list[str]]] = {
         "quick": ["--objects", "150", "--cache-objects", "1000", "--repeat", "1"],
         "smoke": ["--objects", "10", "--cache-objects", "50", "--repeat", "1"]},
     "tuning": {
-        "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "10",
-                 "--packing-steps", "8"],
+        "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "6",
+                 "--packing-steps", "6"],
         "quick": ["--methods", "lora", "--batches", "4", "--steps", "5",
                   "--packing-steps", "4"],
-        "smoke": ["--methods", "lora", "--batches", "2", "--steps", "3", "--rows", "24",
+        "smoke": ["--methods", "lora", "--batches", "2", "--steps", "2", "--rows", "24",
                   "--packing-steps", "2", "--packing-batch", "2"]},
     "serving": {
         "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1"],
@@ -56,7 +56,7 @@ SIZES: dict[str, dict[str, list[str]]] = {
         "smoke": ["--clients", "1,2", "--max-tokens", "4", "--per-client", "1"]},
 }
 MODULES = {"webhook": "benchmarks.webhook_latency", "controller": "benchmarks.controller_bench",
-           "tuning": "benchmarks.tuning_bench", "serving": "benchmarks.serving_bench"}
+           "serving": "benchmarks.serving_bench", "tuning": "benchmarks.tuning_bench"}
 NEEDS_CLUSTER = {"controller"}
 
 
@@ -162,6 +162,23 @@ def main() -> int:
     load_before = os.getloadavg()
     results: dict[str, dict[str, Any]] = {}
     mode = "quick" if args.quick else "smoke" if args.smoke else "full"
+    info = machine()
+    if args.llama_cpp_python:
+        info["packages"]["llama-cpp-python"] = _llama_cpp_version(args.llama_cpp_python)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if mode == "full" else f"-{mode}"
+    path = args.results_dir / f"{started_at:%Y-%m-%d}{suffix}.json"
+    document: dict[str, Any] = {
+        "date": started_at.isoformat(timespec="seconds"), "mode": mode,
+        "commit": _git_commit(), "machine": info, "benchmarks": results}
+
+    def save() -> None:
+        """After every benchmark, so an interrupted run keeps what it measured."""
+        document["load_average_1m"] = {"before": round(load_before[0], 2),
+                                       "after": round(os.getloadavg()[0], 2)}
+        document["seconds"] = round(time.monotonic() - started, 1)
+        path.write_text(json.dumps(document, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="kaito-bench-") as workdir:
         for name in names:
             bench_args = list(SIZES[name][mode])
@@ -170,19 +187,7 @@ def main() -> int:
             if name == "controller" and args.kubeconfig:
                 bench_args += ["--kubeconfig", args.kubeconfig]
             results[name] = run_one(name, bench_args, Path(workdir))
-    info = machine()
-    if args.llama_cpp_python:
-        info["packages"]["llama-cpp-python"] = _llama_cpp_version(args.llama_cpp_python)
-    document = {
-        "date": started_at.isoformat(timespec="seconds"), "mode": mode, "commit": _git_commit(), "machine": info,
-        "load_average_1m": {"before": round(load_before[0], 2),
-                            "after": round(os.getloadavg()[0], 2)},
-        "seconds": round(time.monotonic() - started, 1), "benchmarks": results,
-    }
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if mode == "full" else f"-{mode}"
-    path = args.results_dir / f"{started_at:%Y-%m-%d}{suffix}.json"
-    path.write_text(json.dumps(document, indent=2) + "\n")
+            save()
     print(f"\n{document['mode']} run {started_at:%Y-%m-%d %H:%M} UTC, commit "
           f"{document['commit']}, {info['cpu_model']}, {info['cores_usable']} cores, "
           f"torch CPU capability {info['torch_cpu_capability']}, "

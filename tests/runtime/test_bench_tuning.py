@@ -11,5 +11,5 @@ from tests.bench_support import measures, run_smoke
 def test_tuning_benchmark_compares_our_loop_with_the_trainer(tmp_path: Path) -> None:
     rows = measures(run_smoke("tuning", tmp_path), "tuning")
     assert rows["lora batch 2 tokens/s"]["reference_name"] == "transformers Trainer + peft"
-    assert "lora batch 2 loss after 3 steps" in rows
+    assert "lora batch 2 loss after 2 steps" in rows
     assert rows["packing, length-skewed rows, batch 2"]["reference_name"] == "ours, padding"
