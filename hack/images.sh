@@ -8,7 +8,8 @@
 #   hack/images.sh refs [HOST:PORT] name=ref, one a line, for the current tree
 #   hack/images.sh all              build, serve-registry, push, refs
 #   hack/images.sh verify           check inside the images (torch in runtime only, kaito runs)
-#   hack/images.sh prune            untag images of older trees (the layer cache stays)
+#   hack/images.sh prune            drop older trees' and bases' images, here and in the registry
+#   hack/images.sh stop-registry    stop the registry serve-registry started
 #
 # Every image is tagged with a hash of its inputs (hack/images/inputs.py): an unchanged
 # tree builds and pushes nothing, a source edit rebuilds only the layers after the
@@ -242,9 +243,11 @@ EOF
 }
 
 cmd_stop_registry() {
-  local pidfile=$CACHE/registry/pid
+  local pidfile=$CACHE/registry/pid pid i
   if [[ -s $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kill "$(cat "$pidfile")"; say "registry: stopped"
+    pid=$(cat "$pidfile"); kill "$pid"
+    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    say "registry: stopped"
   fi
   rm -f "$pidfile"
 }
@@ -338,25 +341,73 @@ cmd_verify() {
   ((${#failures[@]} == 0)) || die "verify: ${#failures[@]} failed: ${failures[*]}"
 }
 
-# Untags the operator and runtime images of older trees, keeping the current tree's and
-# the newest two of each (another clone may share this cache). Untagged intermediate images
-# are left alone on purpose: they are buildah's layer cache (the GB dependency layers).
+# Drops what older trees and older bases left behind: the operator and runtime images
+# beyond the current tree's and the newest two of each (another clone may share this cache),
+# everything built on an older base (its GB dependency layers included), and the same tags
+# in the local registry, whose storage is then garbage-collected. The current base's
+# untagged intermediate images stay: they are buildah's layer cache.
 cmd_prune() {
   prepare
-  local keep=() label ref image repository count
-  while IFS== read -r label ref; do keep+=("localhost/$ref"); done < <(image_list)
+  local keep=() line image repository count base_created id created name
+  for line in $(image_list); do keep+=("localhost/${line#*=}"); done
+  keep+=("localhost/kaito-base:$(base_tag)" "localhost/kaito-curl:$(curl_tag "$(base_tag)")")
   bah rm --all >/dev/null
+  base_created=$(bah images --format '{{.CreatedAtRaw.Unix}}' "localhost/kaito-base:$(base_tag)" | head -n1)
+  [[ -n $base_created ]] || die "prune: the current base is not built (hack/images.sh build)"
   for repository in localhost/kaito-operator localhost/kaito-runtime; do
     count=0
-    while read -r image; do
+    for image in $(bah images --filter "reference=$repository" --format '{{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' \
+        | awk -v r="$repository:" -v since="$base_created" 'index($2, r) == 1 && $1 >= since' \
+        | sort -rn | awk '{print $2}'); do
       count=$((count + 1))
-      ((count <= 2)) && continue
-      [[ " ${keep[*]} " == *" $image "* ]] && continue
-      say "prune: $image"; bah rmi "$image" >/dev/null </dev/null
-    done < <(bah images --filter "reference=$repository" --format '{{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' \
-      | awk -v r="$repository:" 'index($2, r) == 1' | sort -rn | awk '{print $2}')
+      ((count <= 2)) && keep+=("$image")
+    done
   done
-  say "prune: done ($(du -sh "$CACHE/storage" | cut -f1) in buildah storage)"
+  # Newest first, so children go before their parents (removing a tagged image also
+  # removes the parents it leaves dangling; an intermediate image still in use stays).
+  local untagged=0
+  while read -r id created name; do
+    [[ " ${keep[*]} " == *" $name "* ]] && continue
+    if [[ $name == localhost/kaito-* ]]; then
+      bah rmi "$name" >/dev/null 2>&1 </dev/null && say "prune: $name"
+    elif [[ $name == "<none>:<none>" ]] && ((created < base_created)); then
+      bah rmi "$id" >/dev/null 2>&1 </dev/null && untagged=$((untagged + 1))
+    fi
+  done < <(bah images --all --format '{{.ID}} {{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' | sort -k2 -rn)
+  ((untagged == 0)) || say "prune: $untagged intermediate images of older bases"
+  say "prune: $(du -sh "$CACHE/storage" | cut -f1) in buildah storage"
+  prune_registry "${keep[@]}"
+}
+
+prune_registry() { # KEPT_LOCAL_NAMES...
+  registry_up "$LOCAL_REGISTRY" || return 0
+  local kept=" $* " repository tag digest deleted=0
+  local accept=(-H 'Accept: application/vnd.oci.image.manifest.v1+json'
+                -H 'Accept: application/vnd.docker.distribution.manifest.v2+json')
+  for repository in kaito-operator kaito-runtime kaito-pause $CURL_NAME; do
+    for tag in $({ curl -sf "http://$LOCAL_REGISTRY/v2/$repository/tags/list" || echo '{}'; } \
+        | python3 -c 'import json, sys; print(" ".join(json.load(sys.stdin).get("tags") or []))'); do
+      case $repository in
+        "$CURL_NAME") [[ $tag == latest || $kept == *" localhost/kaito-curl:$tag "* ]] && continue ;;
+        *) [[ $kept == *" localhost/$repository:$tag "* ]] && continue ;;
+      esac
+      digest=$(curl -sf -I "${accept[@]}" "http://$LOCAL_REGISTRY/v2/$repository/manifests/$tag" \
+        | tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" {print $2}')
+      [[ -n $digest ]] || continue
+      curl -sf -X DELETE -o /dev/null "http://$LOCAL_REGISTRY/v2/$repository/manifests/$digest" \
+        && { say "prune: $LOCAL_REGISTRY/$repository:$tag"; deleted=$((deleted + 1)); }
+    done
+  done
+  local dir=$CACHE/registry
+  if ((deleted > 0)) && [[ -s $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+    # The registry's own garbage collector runs only while nothing writes: stop it, sweep,
+    # start it again (pushes wait on our lock; a pull in flight would fail and be retried).
+    cmd_stop_registry
+    docker-registry garbage-collect --delete-untagged "$dir/config.yml" >>"$dir/registry.log" 2>&1 \
+      || say "prune: registry garbage-collect failed (see $dir/registry.log)"
+    cmd_serve_registry >/dev/null
+  fi
+  say "prune: $(du -sh "$CACHE/registry" | cut -f1) in the registry"
 }
 
 case ${1:-} in
@@ -368,5 +419,5 @@ case ${1:-} in
   all) cmd_build; cmd_serve_registry >/dev/null; cmd_push; cmd_refs ;;
   verify) cmd_verify ;;
   prune) cmd_prune ;;
-  *) sed -n '2,17s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
+  *) sed -n '2,18s/^# \{0,1\}//p' "$0" >&2; exit 2 ;;
 esac
