@@ -156,7 +156,52 @@ def _read_json(text: str, raw: bytes) -> pa.Table:
         if not all(isinstance(row, dict) for row in rows):
             raise ValueError("a JSON array file must hold objects")
         return pa.Table.from_pylist(rows)
-    return pa_json.read_json(pa.BufferReader(raw))
+    try:
+        return pa_json.read_json(pa.BufferReader(raw))
+    except pa.ArrowInvalid as err:
+        # Arrow's message counts rows from 0 inside its block; say it the user's way.
+        problem = json_lines_problem(text)
+        if problem is None:
+            raise
+        raise ValueError(problem) from err
+
+
+def _json_kind(value: object) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "null"
+
+
+def json_lines_problem(text: str) -> str | None:
+    """The first row (counted from 1, as an editor shows lines) that is not a JSON object,
+    or whose column holds another kind of value than earlier rows did; None if all agree."""
+    first_seen: dict[str, tuple[str, int]] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            return f"row {number}: not valid JSON ({err.msg} at column {err.colno})"
+        if not isinstance(row, dict):
+            return f"row {number}: each line must be a JSON object, found {_json_kind(row)}"
+        for column, value in row.items():
+            if value is None:
+                continue
+            kind = _json_kind(value)
+            seen_kind, seen_row = first_seen.setdefault(column, (kind, number))
+            if kind != seen_kind:
+                return (f"row {number}, column {column!r}: {kind}, where row {seen_row} "
+                        f"has {seen_kind}")
+    return None
 
 
 def detect_columns(path: Path, names: Sequence[str], config: DatasetSection) -> Columns:

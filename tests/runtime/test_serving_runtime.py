@@ -204,10 +204,17 @@ def test_adapter_answers_as_trained_and_batches_do_not_mix(server: ServerProcess
             replies = await asyncio.gather(*calls)
         return [r.choices[0].message.content or "" for r in replies]
 
+    steps_before = _metric(server.url, "kaito_serving_batch_size_count")
+    lone_before = _metric(server.url, 'kaito_serving_batch_size_bucket{le="1.0"}')
     mixed = asyncio.run(together())
     # The same adapter loaded again at strength 0 must act exactly like the base model,
     # also while sharing a batch with the full-strength copy and the base.
     assert mixed == [answer for q in unseen[:2] for answer in (*alone[q], alone[q][0])]
+    # ...and they did share one: the engine's own histogram counted decode steps of more
+    # than one sequence while these six ran (requests run one by one would show none).
+    steps = _metric(server.url, "kaito_serving_batch_size_count") - steps_before
+    lone = _metric(server.url, 'kaito_serving_batch_size_bucket{le="1.0"}') - lone_before
+    assert steps - lone > 0, (steps, lone)
 
 
 @TGI_CLIENT_WARNINGS

@@ -161,3 +161,19 @@ def test_corrupt_parquet_names_the_file(tmp_path: Path) -> None:
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really parquet")
     with pytest.raises(DataError, match="broken.parquet: cannot read as parquet"):
         read_table(tmp_path / "broken.parquet")
+
+
+def test_a_jsonl_row_of_another_shape_is_named_by_its_line_and_column(tmp_path: Path) -> None:
+    """Arrow says 'changed from array to string in row 2' (its own 0-based count inside a
+    block); the user gets the line an editor shows and the column."""
+    from runtime.tuning.data import DataError, read_table
+
+    good = '{"messages": [{"role": "user", "content": "hi"}]}'
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([good, good, '{"messages": "not a list"}', good]) + "\n")
+    with pytest.raises(DataError) as caught:
+        read_table(path)
+    assert "row 3, column 'messages': a string, where row 1 has a list" in str(caught.value)
+    path.write_text(good + "\n{broken\n")
+    with pytest.raises(DataError, match="row 2: not valid JSON"):
+        read_table(path)
