@@ -350,6 +350,16 @@ def build_annotations(
     return annotations
 
 
+def check_push_access(
+    reference: str, dockerconfigjson: str | None, ca_file: Path | None = None
+) -> None:
+    """The registry of ``reference`` answers and takes these credentials. The tuning job
+    asks before it trains, so a wrong password costs seconds, not a training run."""
+    ref = Reference.parse(reference)
+    credentials = credentials_for(dockerconfigjson, ref.host) if dockerconfigjson else None
+    _ping(_client(ref.host, credentials, ca_file), ref.host)
+
+
 def push_adapter(
     directory: Path,
     reference: str,

@@ -11,14 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from runtime.tuning.__main__ import EXIT_BAD_INPUT, main
-from tests.runtime.conftest import dolly_rows
+from tests.runtime.conftest import RegistryInfo, dockerconfigjson_for, dolly_rows
 
 pytestmark = pytest.mark.runtime
 
 CONFIG = {"training_config": {"DatasetConfig": {"max_seq_length": 128}}}
 
 
-def _run(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+def _run(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str],
+         *extra: str) -> tuple[int, str]:
     config = tmp_path / "training_config.yaml"
     if not config.exists():
         config.write_text(json.dumps(CONFIG))
@@ -26,6 +27,7 @@ def _run(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str]) -> tup
     code = main([
         "--config", str(config), "--data-dir", str(tmp_path / "data"),
         "--output-dir", str(tmp_path / "out"), "--base-model", str(model), "--method", "lora",
+        *extra,
     ])
     assert time.monotonic() - started < 60  # fails before loading the model or training
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
@@ -152,3 +154,22 @@ def test_real_chat_template_masks_all_but_the_assistant(smollm2_path: Path) -> N
     (item,) = encode_examples(tokenizer, [example], max_seq_length=256)
     learned = tokenizer.decode([t for t in item.labels if t != IGNORE_INDEX])
     assert learned == "Blue.<|im_end|>\nGreen.<|im_end|>\n"
+
+
+def test_refused_push_credentials_fail_before_training(
+    tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str],
+    registry: RegistryInfo,
+) -> None:
+    """The registry is asked first: a wrong password costs seconds, not a training run,
+    and exits 2 (the Job fails at once; the same secret would be refused again)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in dolly_rows(8)))
+    secret = tmp_path / "secret.json"
+    secret.write_text(dockerconfigjson_for(registry.host, registry.user, "wrong-password"))
+    code, err = _run(tmp_path, smollm2_path, capsys, "--push-to",
+                     f"{registry.host}/adapters/never:1", "--push-secret", str(secret))
+    assert code == EXIT_BAD_INPUT
+    assert "the registry refused the push credentials" in err
+    assert f"registry {registry.host} rejected the credentials of user 'kaito'" in err
+    assert "wrong-password" not in err
