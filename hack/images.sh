@@ -99,6 +99,8 @@ prepare() {
     RUN_TMP=$(mktemp -d "$CACHE/tmp/run.XXXXXX")
     export TMPDIR=$RUN_TMP
     trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
   fi
   # One build or push at a time per cache; a second run waits, then finds the work done.
   exec 9>"$CACHE/lock"
@@ -227,6 +229,12 @@ storage:
     rootdirectory: $dir/data
   delete:
     enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: true
+      age: 2h
+      interval: 1h
+      dryrun: false
 http:
   addr: $LOCAL_REGISTRY
 EOF
@@ -341,42 +349,47 @@ cmd_verify() {
   ((${#failures[@]} == 0)) || die "verify: ${#failures[@]} failed: ${failures[*]}"
 }
 
-# Drops what older trees and older bases left behind: the operator and runtime images
-# beyond the current tree's and the newest two of each (another clone may share this cache),
-# everything built on an older base (its GB dependency layers included), and the same tags
-# in the local registry, whose storage is then garbage-collected. The current base's
-# untagged intermediate images stay: they are buildah's layer cache.
+# Drops what older trees and older bases left behind: everything not built on the current
+# base (its GB dependency layers included), the operator and runtime images beyond the
+# current tree's and the newest two of each on the current base (another clone may share
+# this cache), and the same tags in the local registry, whose storage is then
+# garbage-collected. The current base's untagged intermediate images stay: they are
+# buildah's layer cache.
 cmd_prune() {
   prepare
-  local keep=() line image repository count base_created id created name
+  local keep=() line base_layer id created name layer repository untagged=0
+  declare -A first_layer newest
   for line in $(image_list); do keep+=("localhost/${line#*=}"); done
   keep+=("localhost/kaito-base:$(base_tag)" "localhost/kaito-curl:$(curl_tag "$(base_tag)")")
   bah rm --all >/dev/null
-  base_created=$(bah images --format '{{.CreatedAtRaw.Unix}}' "localhost/kaito-base:$(base_tag)" | head -n1)
-  [[ -n $base_created ]] || die "prune: the current base is not built (hack/images.sh build)"
-  for repository in localhost/kaito-operator localhost/kaito-runtime; do
-    count=0
-    for image in $(bah images --filter "reference=$repository" --format '{{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' \
-        | awk -v r="$repository:" -v since="$base_created" 'index($2, r) == 1 && $1 >= since' \
-        | sort -rn | awk '{print $2}'); do
-      count=$((count + 1))
-      ((count <= 2)) && keep+=("$image")
-    done
-  done
+  has_image "localhost/kaito-base:$(base_tag)" || die "prune: the current base is not built (hack/images.sh build)"
+  base_layer=$(bah inspect --type image --format '{{index .OCIv1.RootFS.DiffIDs 0}}' "localhost/kaito-base:$(base_tag)")
   # Newest first, so children go before their parents (removing a tagged image also
-  # removes the parents it leaves dangling; an intermediate image still in use stays).
-  local untagged=0
+  # removes the parents it leaves dangling; an image still in use stays).
   while read -r id created name; do
     [[ " ${keep[*]} " == *" $name "* ]] && continue
-    if [[ $name == localhost/kaito-* ]]; then
-      bah rmi "$name" >/dev/null 2>&1 </dev/null && say "prune: $name"
-    elif [[ $name == "<none>:<none>" ]] && ((created < base_created)); then
+    if [[ -z ${first_layer[$id]:-} ]]; then
+      first_layer[$id]=$(bah inspect --type image --format '{{index .OCIv1.RootFS.DiffIDs 0}}' "$id" 2>/dev/null </dev/null || echo gone)
+    fi
+    layer=${first_layer[$id]}
+    [[ $layer == gone ]] && continue
+    if [[ $layer == "$base_layer" ]]; then
+      [[ $name =~ ^localhost/kaito-(operator|runtime): ]] || continue
+      repository=${BASH_REMATCH[1]}
+      newest[$repository]=$((${newest[$repository]:-0} + 1))
+      ((${newest[$repository]} <= 2)) && continue
+    fi
+    if [[ $name == "<none>:<none>" ]]; then
       bah rmi "$id" >/dev/null 2>&1 </dev/null && untagged=$((untagged + 1))
+    elif [[ $name == localhost/* ]]; then
+      bah rmi "$name" >/dev/null 2>&1 </dev/null && say "prune: $name"
     fi
   done < <(bah images --all --format '{{.ID}} {{.CreatedAtRaw.Unix}} {{.Name}}:{{.Tag}}' | sort -k2 -rn)
   ((untagged == 0)) || say "prune: $untagged intermediate images of older bases"
   say "prune: $(du -sh "$CACHE/storage" | cut -f1) in buildah storage"
-  prune_registry "${keep[@]}"
+  local kept=()
+  while read -r name; do kept+=("$name"); done < <(bah images --format '{{.Name}}:{{.Tag}}')
+  prune_registry "${kept[@]}"
 }
 
 prune_registry() { # KEPT_LOCAL_NAMES...
@@ -398,11 +411,16 @@ prune_registry() { # KEPT_LOCAL_NAMES...
         && { say "prune: $LOCAL_REGISTRY/$repository:$tag"; deleted=$((deleted + 1)); }
     done
   done
-  local dir=$CACHE/registry
-  if ((deleted > 0)) && [[ -s $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
+  local dir=$CACHE/registry uploads
+  uploads=$(find "$dir/data/docker/registry/v2/repositories" -mindepth 3 -path '*/_uploads/*' \
+    -maxdepth 4 2>/dev/null | head -n1)
+  if ((deleted > 0)) || [[ -n $uploads ]] && [[ -s $dir/pid ]] && kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
     # The registry's own garbage collector runs only while nothing writes: stop it, sweep,
     # start it again (pushes wait on our lock; a pull in flight would fail and be retried).
+    # Uploads left by an interrupted push go too.
     cmd_stop_registry
+    find "$dir/data/docker/registry/v2/repositories" -mindepth 2 -maxdepth 3 -type d -name _uploads \
+      -exec sh -c 'rm -rf --one-file-system "$1"/*' _ {} \;
     docker-registry garbage-collect --delete-untagged "$dir/config.yml" >>"$dir/registry.log" 2>&1 \
       || say "prune: registry garbage-collect failed (see $dir/registry.log)"
     cmd_serve_registry >/dev/null
