@@ -63,6 +63,12 @@ def _demo(args: argparse.Namespace) -> int:
     return realdemo.run(args)
 
 
+def _unavailable(reason: str) -> int:
+    print(f"kaito: not available in this installation ({reason}); install the "
+          "operator or dev extra", file=sys.stderr)
+    return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kaito", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -74,21 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     crds.set_defaults(handler=_crds)
 
     dev = commands.add_parser("dev", help="a local cluster (etcd, apiserver, kwok nodes)")
-    from kaito.devcluster import devcli
-
-    devcli.add_arguments(dev)
-    dev.set_defaults(handler=_dev)
-
     demo_parser = commands.add_parser(
         "demo", help="the main job: the seed's quick start on real pods (needs root)")
-    from kaito import demo
-
-    demo.add_arguments(demo_parser)
-    demo_parser.add_argument(
-        "--kwok", action="store_true",
-        help="the simulated variant: kwok nodes, the webhook and controller as local "
-             "processes, no images (no root needed)")
-    demo_parser.set_defaults(handler=_demo)
+    try:  # the local-cluster tools need the operator's packages (cryptography)
+        from kaito import demo
+        from kaito.devcluster import devcli
+    except ImportError as err:  # the runtime image: its workload commands still work
+        missing = str(err)
+        for command in (dev, demo_parser):
+            command.set_defaults(handler=lambda _args: _unavailable(missing))
+    else:
+        devcli.add_arguments(dev)
+        dev.set_defaults(handler=_dev)
+        demo.add_arguments(demo_parser)
+        demo_parser.add_argument(
+            "--kwok", action="store_true",
+            help="the simulated variant: kwok nodes, the webhook and controller as local "
+                 "processes, no images (no root needed)")
+        demo_parser.set_defaults(handler=_demo)
 
     for name, (_, help_text) in _COMPONENTS.items():
         commands.add_parser(name, help=help_text, add_help=False)
