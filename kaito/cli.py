@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     except ImportError as err:  # the runtime image: its workload commands still work
         missing = str(err)
         for command in (dev, demo_parser):
+            command.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
             command.set_defaults(handler=lambda _args: _unavailable(missing))
     else:
         devcli.add_arguments(dev)
