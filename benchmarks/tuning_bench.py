@@ -91,6 +91,8 @@ def config_for(method: str, steps: int, batch: int, *, packing: bool = False) ->
                               "learning_rate": 0.0005, "save_strategy": "no"},
         "DatasetConfig": {"max_seq_length": 512, "packing": packing},
     }
+    if method == "qlora":
+        body["QuantizationConfig"] = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}
     return parse_training_config({"training_config": body}, method)  # type: ignore[arg-type]
 
 
