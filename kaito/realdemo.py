@@ -187,11 +187,13 @@ def _follow(kubectl: Kubectl, name: str, until: Callable[[dict[str, Any]], bool]
         progress = " ".join(f"{key}={tuning[key]}" for key in
                             ("phase", "progress", "loss", "tokensPerSecond", "dtype")
                             if tuning.get(key) is not None)
-        view = table.splitlines()[-1] + (f"\n    status.tuning: {progress}" if progress else "")
+        row = table.splitlines()[-1]
+        # A new line when a column (not the AGE) or the progress changes.
+        view = row.rsplit(None, 1)[0] + progress
         if view != last[0]:
             if not last[0]:
                 print(table.splitlines()[0])
-            print(view, flush=True)
+            print(row + (f"\n    status.tuning: {progress}" if progress else ""), flush=True)
             last[0] = view
         return ws if ws and until(ws) else None
     result: dict[str, Any] = _wait(f"workspace {name}", poll, timeout_seconds)
@@ -271,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
     _step("cluster: etcd, kube-apiserver, controller-manager, scheduler, and a real node "
           "(containerd, kubelet, kube-proxy) advertising one simulated GPU")
     state = devcli.ensure_up(args.dir, gpu_nodes=0, instance_type="Standard_NC6s_v3",
-                             real_node=True)
+                             real_node=True, images=images)
     kubectl = Kubectl(str(state["kubeconfig"]))
     kubectl.show("get", "nodes", "-L", "node.kubernetes.io/instance-type,nvidia.com/gpu.count")
     _step("a registry (htpasswd) and a data server on the bridge 10.244.0.1")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from kaito.devcluster.cluster import LocalCluster, find_binaries
-from kaito.devcluster.images import project_images
+from kaito.devcluster.images import ProjectImages, project_images
 from kaito.devcluster.realnode import RealCluster, RealNodeHost, stop_node_processes
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaito-dev"
@@ -71,6 +71,7 @@ def _running_pids(state: dict[str, object]) -> dict[str, int]:
 
 def ensure_up(
     directory: Path, *, gpu_nodes: int, instance_type: str, real_node: bool = False,
+    images: ProjectImages | None = None,
 ) -> dict[str, object]:
     """Starts the cluster unless it already runs; returns its state."""
     state = _read_state(directory)
@@ -83,7 +84,8 @@ def ensure_up(
     started = time.monotonic()
     node_state: dict[str, object] = {}
     if real_node:
-        real = start_real_cluster(directory / "real", instance_type=instance_type)
+        real = start_real_cluster(directory / "real", instance_type=instance_type,
+                                  images=images)
         cluster = real.cluster
         node_state = {
             "real_node": {
@@ -122,9 +124,12 @@ def add_process(directory: Path, name: str, pid: int) -> None:
     _state_path(directory).write_text(json.dumps(state, indent=2))
 
 
-def start_real_cluster(workdir: Path, *, instance_type: str) -> RealCluster:
-    """The control plane on the bridge plus a real node with the project's images."""
-    images = project_images()
+def start_real_cluster(
+    workdir: Path, *, instance_type: str, images: ProjectImages | None = None
+) -> RealCluster:
+    """The control plane on the bridge plus a real node with the project's images (built
+    and pushed here unless given)."""
+    images = images or project_images()
     real = RealCluster(
         workdir, find_binaries(), sandbox_image=images.pods["pause"],
         images=images.pull_map(), image_registry=images.registry,
