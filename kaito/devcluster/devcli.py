@@ -22,7 +22,12 @@ from pathlib import Path
 
 from kaito.devcluster.cluster import LocalCluster, find_binaries
 from kaito.devcluster.images import ProjectImages, project_images
-from kaito.devcluster.realnode import RealCluster, RealNodeHost, stop_node_processes
+from kaito.devcluster.realnode import (
+    RECORD_PATH,
+    RealCluster,
+    RealNodeHost,
+    stop_node_processes,
+)
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaito-dev"
 
@@ -179,6 +184,7 @@ def _stop(directory: Path) -> int:
         host = RealNodeHost(Path(real["workdir"]))
         for change in host.restore(tuple(Path(d) for d in real["node_dirs"])):
             print(f"restored: {change}")
+        RECORD_PATH.unlink(missing_ok=True)
     shutil.rmtree(directory, ignore_errors=True)
     return len(pids)
 
