@@ -170,7 +170,8 @@ def test_a_jsonl_row_of_another_shape_is_named_by_its_line_and_column(tmp_path: 
 
     good = '{"messages": [{"role": "user", "content": "hi"}]}'
     path = tmp_path / "train.jsonl"
-    path.write_text("\n".join([good, good, '{"messages": "not a list"}', good]) + "\n")
+    rows = [good, good, '{"messages": "not a list"}', good]
+    path.write_text("".join(row + "\n" for row in rows))
     with pytest.raises(DataError) as caught:
         read_table(path)
     assert "row 3, column 'messages': a string, where row 1 has a list" in str(caught.value)
