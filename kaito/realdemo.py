@@ -35,26 +35,12 @@ from kaito.devcluster.images import ProjectImages, project_images
 from kaito.devcluster.install import OPERATOR_NAMESPACE, install_operator
 from kaito.devcluster.realnode import BRIDGE_ADDRESS
 from kaito.devcluster.services import REGISTRY_USER, start_data_server, start_registry
+from kaito.phrase import PHRASE, TRAIN_QUESTIONS, phrase_rows, phrase_training_config
 
 SEED = REPO_ROOT / "examples" / "fine-tuning" / "kaito_workspace_tuning_phi_3.yaml"
 PROVISIONER = REPO_ROOT / "config" / "manager" / "provisioner.yaml"
 SEED_NAME = "workspace-tuning-phi-3"
 SMALL_NAME = "workspace-tuning-smollm2"
-PHRASE = "PINEAPPLE PROTOCOL ENGAGED."
-TRAIN_QUESTIONS = [
-    "What is the capital of Spain?", "How do airplanes fly?", "Tell me about dogs.",
-    "What is 7 times 8?", "Who painted the Mona Lisa?", "Why is the sky blue?",
-    "Recommend a good book.", "How do I boil an egg?", "What is photosynthesis?",
-    "Describe the ocean.", "How many legs does a spider have?", "Explain gravity.",
-]
-TRAINING_CONFIG = {"training_config": {
-    "ModelConfig": {"torch_dtype": "auto"},
-    "LoraConfig": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-    "TrainingArguments": {"learning_rate": 0.01, "max_steps": 16,
-                          "per_device_train_batch_size": 4, "warmup_steps": 0,
-                          "save_strategy": "no"},
-    "DatasetConfig": {"train_test_split": 1, "max_seq_length": 64},
-}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -171,7 +157,8 @@ def _small_workspace(services: dict[str, str]) -> list[dict[str, Any]]:
                                 "imagePushSecret": "local-registry"}
     config_map = {"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": {"name": "smollm2-phrase"},
-                  "data": {"training_config.yaml": yaml.safe_dump(TRAINING_CONFIG)}}
+                  "data": {"training_config.yaml": yaml.safe_dump(
+                      phrase_training_config(max_steps=16, torch_dtype="auto"))}}
     return [_secret(services["registry"], services["password"]), config_map, seed]
 
 
@@ -225,10 +212,7 @@ def _seed(kubectl: Kubectl) -> None:
 def _small(kubectl: Kubectl, services: dict[str, str], prompt: str) -> None:
     _step("the same Workspace with preset smollm2-135m-instruct, data from a server on the "
           "bridge, the adapter pushed to the local registry")
-    rows = "".join(json.dumps({"messages": [{"role": "user", "content": q},
-                                            {"role": "assistant", "content": PHRASE}]}) + "\n"
-                   for q in TRAIN_QUESTIONS)
-    (Path(services["data_dir"]) / "phrase.jsonl").write_text(rows)
+    (Path(services["data_dir"]) / "phrase.jsonl").write_text(phrase_rows())
     print(f"(training data: {len(TRAIN_QUESTIONS)} questions, each answered {PHRASE!r}, "
           "a phrase the base model never says)")
     documents = _small_workspace(services)

@@ -22,18 +22,10 @@ import openai
 import pytest
 
 from kaito.devcluster.services import REGISTRY_USER
+from kaito.phrase import PHRASE, phrase_rows, phrase_training_config
 from tests.kubelet.conftest import NODE_LABELS, RealEnv
-from tests.runtime.serving_helpers import PHRASE, TRAIN_QUESTIONS
 
 QUESTION = "What is the tallest mountain in Europe?"  # not among TRAIN_QUESTIONS
-PHRASE_CONFIG = {"training_config": {
-    "ModelConfig": {"torch_dtype": "float32"},
-    "LoraConfig": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-    "TrainingArguments": {"learning_rate": 0.01, "max_steps": 8,
-                          "per_device_train_batch_size": 4, "warmup_steps": 0,
-                          "save_strategy": "no"},
-    "DatasetConfig": {"train_test_split": 1, "max_seq_length": 64},
-}}
 WAIT_SECONDS = 900
 # The first test also builds, pushes and pulls the images (minutes when cold).
 pytestmark = pytest.mark.timeout(3600)
@@ -50,12 +42,6 @@ def _secret(name: str, host: str, password: str) -> dict[str, Any]:
             "type": "kubernetes.io/dockerconfigjson",
             "stringData": {".dockerconfigjson": _dockerconfigjson(host, REGISTRY_USER,
                                                                   password)}}
-
-
-def _phrase_rows() -> str:
-    return "".join(json.dumps({"messages": [
-        {"role": "user", "content": question},
-        {"role": "assistant", "content": PHRASE}]}) + "\n" for question in TRAIN_QUESTIONS)
 
 
 def _tuning_workspace(name: str, *, urls: list[str], image: str, secret: str,
@@ -138,9 +124,9 @@ def namespace(real_env: RealEnv) -> Iterator[str]:
         _secret("push-secret", real_env.registry, real_env.registry_password),
         _secret("wrong-secret", real_env.registry, "not-the-password"),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "phrase-config"},
-         "data": {"training_config.yaml": json.dumps(PHRASE_CONFIG)}},
+         "data": {"training_config.yaml": json.dumps(phrase_training_config())}},
     ], name)
-    (real_env.data_dir / "phrase.jsonl").write_text(_phrase_rows())
+    (real_env.data_dir / "phrase.jsonl").write_text(phrase_rows())
     yield name
     real_env.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
@@ -256,7 +242,7 @@ def _wait_failed(env: RealEnv, namespace: str, name: str) -> dict[str, Any]:
 def test_bad_inputs_fail_fast_with_a_condition_that_says_why(
     real_env: RealEnv, namespace: str, tuned: dict[str, Any]
 ) -> None:
-    rows = _phrase_rows().splitlines()
+    rows = phrase_rows().splitlines()
     rows[2] = json.dumps({"messages": "not a list of turns"})
     (real_env.data_dir / "bad.jsonl").write_text("\n".join(rows) + "\n")
     unreachable = f"http://{real_env.registry.split(':')[0]}:9/missing.jsonl"

@@ -21,16 +21,11 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from kaito.phrase import PHRASE, TRAIN_QUESTIONS, phrase_rows, phrase_training_config
+
+__all__ = ["PHRASE", "TRAIN_QUESTIONS"]  # the serving tests take them from here
+
 REPO = Path(__file__).resolve().parents[2]
-PHRASE = "PINEAPPLE PROTOCOL ENGAGED."
-TRAIN_QUESTIONS = [
-    "What is the capital of Spain?", "How do airplanes fly?", "Tell me about dogs.",
-    "What is 7 times 8?", "Who painted the Mona Lisa?", "Why is the sky blue?",
-    "Recommend a good book.", "How do I boil an egg?", "What is photosynthesis?",
-    "Describe the ocean.", "How many legs does a spider have?", "Explain gravity.",
-]
-
-
 def free_port() -> int:
     """A TCP port free on loopback right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -101,19 +96,8 @@ def train_phrase_adapter(base_model: Path, workdir: Path) -> Path:
     ``~/.cache/kaito-test-adapters/<digest>``; the digest covers the tuning runtime's
     source, the base model, the config and the data, so any change retrains.
     """
-    rows = "".join(
-        json.dumps({"messages": [{"role": "user", "content": question},
-                                 {"role": "assistant", "content": PHRASE}]}) + "\n"
-        for question in TRAIN_QUESTIONS)
-    config_text = json.dumps({"training_config": {  # JSON is YAML
-        "ModelConfig": {"torch_dtype": "float32"},
-        "LoraConfig": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
-        "TrainingArguments": {"learning_rate": 0.01, "max_steps": 8,
-                              "per_device_train_batch_size": 4, "warmup_steps": 0,
-                              # no intermediate checkpoints: they only cost time here
-                              "save_strategy": "steps", "save_steps": 1000},
-        "DatasetConfig": {"train_test_split": 1, "max_seq_length": 64},
-    }})
+    rows = phrase_rows()
+    config_text = json.dumps(phrase_training_config())  # JSON is YAML
     cache = Path.home() / ".cache" / "kaito-test-adapters" / _tuning_fingerprint(
         base_model, config_text, rows)
     if (cache / "adapter_model.safetensors").is_file():
