@@ -47,6 +47,20 @@ def _gfd(product: str, count: int, memory_mib: int, app: str) -> dict[str, str]:
             "nvidia.com/gpu.memory": str(memory_mib), "app": app}
 
 
+def _node_names(cluster: LocalCluster) -> set[str]:
+    return set(cluster.kubectl("get", "nodes", "-o", "name").stdout.split())
+
+
+@pytest.fixture(autouse=True)
+def _own_nodes_removed(cluster: LocalCluster) -> Iterator[None]:
+    """The session cluster is shared: GPU nodes made here must not take the pods of a
+    later test (test_gpu_scheduling expects its own node to be the only GPU node)."""
+    before = _node_names(cluster)
+    yield
+    for name in sorted(_node_names(cluster) - before):
+        cluster.kubectl("delete", name, "--wait=false", check=False)
+
+
 @pytest.fixture(scope="module")
 def operator_namespace(cluster: LocalCluster) -> Iterator[str]:
     name = f"kaito-op-{uuid.uuid4().hex[:6]}"
