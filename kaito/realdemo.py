@@ -174,13 +174,21 @@ def _follow(kubectl: Kubectl, name: str, until: Callable[[dict[str, Any]], bool]
         progress = " ".join(f"{key}={tuning[key]}" for key in
                             ("phase", "progress", "loss", "tokensPerSecond", "dtype")
                             if tuning.get(key) is not None)
+        conditions = " ".join(
+            f"{c.get('type')}={c.get('status')}"
+            + (f"({c.get('reason')})" if c.get("status") != "True" else "")
+            for c in (ws.get("status") or {}).get("conditions") or [])
         row = table.splitlines()[-1]
-        # A new line when a column (not the AGE) or the progress changes.
-        view = row.rsplit(None, 1)[0] + progress
+        # A new line when a column (not the AGE), a condition or the progress changes.
+        view = row.rsplit(None, 1)[0] + conditions + progress
         if view != last[0]:
             if not last[0]:
                 print(table.splitlines()[0])
-            print(row + (f"\n    status.tuning: {progress}" if progress else ""), flush=True)
+            print(row, flush=True)
+            if conditions:
+                print(f"    conditions: {conditions}")
+            if progress:
+                print(f"    status.tuning: {progress}", flush=True)
             last[0] = view
         return ws if ws and until(ws) else None
     result: dict[str, Any] = _wait(f"workspace {name}", poll, timeout_seconds)
@@ -244,7 +252,8 @@ def _small(kubectl: Kubectl, services: dict[str, str], prompt: str) -> None:
                      "-H", "Content-Type: application/json", "-d", body, timeout=300,
                      check=False)
     print(f"prompt: {prompt}")
-    print(result.stdout.strip() or result.stderr.strip())
+    answer = result.stdout.strip() or result.stderr.strip()
+    print(answer.replace('}pod "curl" deleted', '}\npod "curl" deleted'))
 
 
 def run(args: argparse.Namespace) -> int:
