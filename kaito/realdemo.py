@@ -202,8 +202,7 @@ def _seed(kubectl: Kubectl) -> None:
 
     def failed(ws: dict[str, Any]) -> bool:
         condition = _condition(ws, "WorkspaceSucceeded")
-        return condition.get("status") == "False" and condition.get("reason") not in (
-            None, "TuningInProgress", "JobPending", "JobNotStarted")
+        return condition.get("status") == "False" and condition.get("reason") == "TuningJobFailed"
     ws = _follow(kubectl, SEED_NAME, failed, 600)
     kubectl.show("get", "nodeclaims")
     kubectl.show("get", "jobs,pods", "-o", "wide")

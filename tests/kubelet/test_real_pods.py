@@ -233,8 +233,7 @@ def _wait_failed(env: RealEnv, namespace: str, name: str) -> dict[str, Any]:
     def failed() -> dict[str, Any] | None:
         condition = _condition(_workspace(env, namespace, name), "WorkspaceSucceeded")
         return condition if condition and condition.get("status") == "False" and \
-            condition.get("reason") not in ("TuningInProgress", "JobPending", None) and \
-            "has not finished" not in (condition.get("message") or "") else None
+            condition.get("reason") == "TuningJobFailed" else None
     return dict(_wait_for(f"{name} fails", failed, timeout=600,
                           describe=_debug(env, namespace)))
 
