@@ -9,6 +9,8 @@ memory knobs for the GPU-fit estimate, and warnings for settings the pod will no
 
 from __future__ import annotations
 
+import functools
+
 from crds.dtypes import requested_training_dtype
 from crds.tuning_config import (
     CONFIG_KEY,
@@ -45,11 +47,22 @@ def parse_tuning_config(
         known_method = "lora"
     elif method == "qlora":
         known_method = "qlora"
-    try:
-        return parse_training_config_text(text, known_method), []
-    except ConfigError as error:
+    config, problem = _parsed(text, known_method)
+    if problem is not None:
         return None, [FieldError(_PATH, "Invalid value",
-                                 f"{CONFIG_KEY} of ConfigMap {name!r}: {error}")]
+                                 f"{CONFIG_KEY} of ConfigMap {name!r}: {problem}")]
+    return config, []
+
+
+@functools.lru_cache(maxsize=256)
+def _parsed(text: str, method: Method | None) -> tuple[TrainingConfig | None, str | None]:
+    """Parsing is most of an admission's cost and the same text (the operator's default
+    template) comes with nearly every review: parse each text once. The config returned
+    is shared between reviews, so it is read, never changed."""
+    try:
+        return parse_training_config_text(text, method), None
+    except ConfigError as error:
+        return None, str(error)
 
 
 def default_seq_len(preset: ModelPreset) -> int:
