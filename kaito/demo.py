@@ -44,10 +44,10 @@ class Kubectl:
     def __init__(self, bin_dir: Path, kubeconfig: str) -> None:
         self.argv = [str(bin_dir / "kubectl"), "--kubeconfig", kubeconfig]
 
-    def __call__(self, *args: str, input: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, input: str | None = None, check: bool = True,
+                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
         result = subprocess.run([*self.argv, *args], input=input, capture_output=True,
-                                text=True, timeout=120, check=False)
+                                text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
         return result

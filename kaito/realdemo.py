@@ -20,7 +20,6 @@ import argparse
 import base64
 import json
 import os
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable
@@ -29,12 +28,18 @@ from typing import Any
 
 import yaml
 
+from kaito import demo
 from kaito.devcluster import devcli
 from kaito.devcluster.cluster import REPO_ROOT, find_binaries
 from kaito.devcluster.images import ProjectImages, project_images
 from kaito.devcluster.install import OPERATOR_NAMESPACE, install_operator
 from kaito.devcluster.realnode import BRIDGE_ADDRESS
-from kaito.devcluster.services import REGISTRY_USER, start_data_server, start_registry
+from kaito.devcluster.services import (
+    REGISTRY_USER,
+    dockerconfigjson,
+    start_data_server,
+    start_registry,
+)
 from kaito.phrase import PHRASE, TRAIN_QUESTIONS, phrase_rows, phrase_training_config
 
 SEED = REPO_ROOT / "examples" / "fine-tuning" / "kaito_workspace_tuning_phi_3.yaml"
@@ -53,17 +58,8 @@ def _step(title: str) -> None:
     print(f"\n==> {title}", flush=True)
 
 
-class Kubectl:
-    def __init__(self, kubeconfig: str) -> None:
-        self.argv = [str(find_binaries() / "kubectl"), "--kubeconfig", kubeconfig]
-
-    def __call__(self, *args: str, input: str | None = None, check: bool = True,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*self.argv, *args], input=input, capture_output=True,
-                                text=True, timeout=timeout, check=False)
-        if check and result.returncode != 0:
-            raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
-        return result
+class Kubectl(demo.Kubectl):
+    """kubectl on the demo's cluster; `show` also prints the command and its output."""
 
     def show(self, *args: str) -> str:
         print(f"$ kubectl {' '.join(args)}")
@@ -137,12 +133,10 @@ def _install_provisioner(kubectl: Kubectl, images: ProjectImages) -> None:
 
 
 def _secret(registry: str, password: str) -> dict[str, Any]:
-    auth = base64.b64encode(f"{REGISTRY_USER}:{password}".encode()).decode()
-    config = {"auths": {registry: {"username": REGISTRY_USER, "password": password,
-                                   "auth": auth}}}
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "local-registry"},
             "type": "kubernetes.io/dockerconfigjson",
-            "stringData": {".dockerconfigjson": json.dumps(config)}}
+            "stringData": {".dockerconfigjson": dockerconfigjson(registry, REGISTRY_USER,
+                                                                 password)}}
 
 
 def _small_workspace(services: dict[str, str]) -> list[dict[str, Any]]:
@@ -266,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
           "(containerd, kubelet, kube-proxy) advertising one simulated GPU")
     state = devcli.ensure_up(args.dir, gpu_nodes=0, instance_type="Standard_NC6s_v3",
                              real_node=True, images=images)
-    kubectl = Kubectl(str(state["kubeconfig"]))
+    kubectl = Kubectl(find_binaries(), str(state["kubeconfig"]))
     kubectl.show("get", "nodes", "-L", "node.kubernetes.io/instance-type,nvidia.com/gpu.count")
     _step("a registry (htpasswd) and a data server on the bridge 10.244.0.1")
     services = _services(args.dir)

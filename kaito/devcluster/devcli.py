@@ -22,12 +22,7 @@ from pathlib import Path
 
 from kaito.devcluster.cluster import LocalCluster, find_binaries
 from kaito.devcluster.images import ProjectImages, project_images
-from kaito.devcluster.realnode import (
-    RECORD_PATH,
-    RealCluster,
-    RealNodeHost,
-    stop_node_processes,
-)
+from kaito.devcluster.realnode import RealCluster, tear_down_recorded_node
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaito-dev"
 
@@ -92,17 +87,9 @@ def ensure_up(
         real = start_real_cluster(directory / "real", instance_type=instance_type,
                                   images=images)
         cluster = real.cluster
-        node_state = {
-            "real_node": {
-                "workdir": str(real.workdir),
-                "socket": str(real.node.socket),
-                "kube_proxy": str(cluster.bin_dir / "kube-proxy"),
-                "node_pids": real.node.pids(),
-                "node_dirs": [str(d) for d in real.node.node_dirs],
-                "node_name": real.node.node_name,
-                "images": real.node.images,
-            },
-        }
+        # The node's processes and paths are in its record (realnode.RECORD_PATH).
+        node_state = {"real_node": {"workdir": str(real.workdir),
+                                    "node_name": real.node.node_name}}
     else:
         cluster = LocalCluster(directory, find_binaries(), with_nodes=True)
         cluster.start()
@@ -165,12 +152,11 @@ def down(args: argparse.Namespace) -> int:
 
 def _stop(directory: Path) -> int:
     state = _read_state(directory)
-    real = state.get("real_node") if state else None
-    if isinstance(real, dict):
-        # The node first: its containers, kube-proxy's rules, containerd, then the host.
-        stop_node_processes(
-            {k: int(v) for k, v in real["node_pids"].items()}, socket=Path(real["socket"]),
-            kube_proxy=Path(real["kube_proxy"]), workdir=Path(real["workdir"]))
+    if state and state.get("real_node"):
+        # The node first (containers, kube-proxy's rules, containerd, the control plane),
+        # then the host is restored; the demo's helpers go with the pids below.
+        for change in tear_down_recorded_node(force=True):
+            print(f"restored: {change}")
     pids = _running_pids(state) if state else {}
     for pid in pids.values():
         os.kill(pid, signal.SIGTERM)
@@ -180,11 +166,6 @@ def _stop(directory: Path) -> int:
     for pid in pids.values():
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    if isinstance(real, dict):
-        host = RealNodeHost(Path(real["workdir"]))
-        for change in host.restore(tuple(Path(d) for d in real["node_dirs"])):
-            print(f"restored: {change}")
-        RECORD_PATH.unlink(missing_ok=True)
     shutil.rmtree(directory, ignore_errors=True)
     return len(pids)
 

@@ -222,7 +222,7 @@ class RealNodeHost:
                 "stop it first (`kaito dev down`)") from None
         self._lock = lock
         if Path(f"/sys/class/net/{BRIDGE}").exists() or RECORD_PATH.exists():
-            clean_up_leftover_node()
+            tear_down_recorded_node()
         if Path(f"/sys/class/net/{BRIDGE}").exists():
             raise RealNodeError(
                 f"the bridge {BRIDGE} exists but no real node recorded it: remove it "
@@ -430,8 +430,7 @@ class RealNode:
         """Stops the node's processes and containers; returns what it cleaned."""
         done = stop_node_processes(
             {name: p.pid for name, p in self.processes.items() if p.pid},
-            socket=self.socket, kube_proxy=self.cluster.bin_dir / "kube-proxy",
-            workdir=self.workdir)
+            socket=self.socket, kube_proxy=self.cluster.bin_dir / "kube-proxy")
         for process in self.processes.values():
             process.stop()  # reaps the children stopped above
         return done
@@ -481,8 +480,8 @@ def _shim_pids(socket: Path) -> list[int]:
     return pids
 
 
-def stop_node_processes(pids: dict[str, int], *, socket: Path, kube_proxy: Path,
-                        workdir: Path) -> list[str]:
+def stop_node_processes(pids: dict[str, int], *, socket: Path, kube_proxy: Path
+                        ) -> list[str]:
     """kubelet first (no restarts), then every container, kube-proxy's rules, containerd.
 
     Works from recorded pids alone, so `kaito dev down` in another process can call it.
@@ -568,12 +567,14 @@ class RealCluster:
         return {**self.cluster.pids(), **self.node.pids()}
 
 
-def clean_up_leftover_node(record_path: Path = RECORD_PATH) -> list[str]:
-    """Stops a recorded real node whose owner is gone and restores the host.
+def tear_down_recorded_node(record_path: Path = RECORD_PATH, *, force: bool = False
+                            ) -> list[str]:
+    """Stops the recorded real node (its containers, kube-proxy's rules, containerd, the
+    control plane) and restores the host; returns what it restored.
 
-    Refuses while any recorded process still runs: that node has an owner (a demo
-    started by `kaito dev up --real-node`, or a test run) and `kaito dev down` or the
-    owner's own teardown is the way to stop it.
+    Without ``force`` (a new node starting) it refuses while a recorded process runs and
+    its owner lives: a test run's node, or one started by `kaito dev up --real-node`,
+    which only `kaito dev down` (``force``) stops.
     """
     try:
         record = json.loads(record_path.read_text())
@@ -583,18 +584,13 @@ def clean_up_leftover_node(record_path: Path = RECORD_PATH) -> list[str]:
     plane_pids = {k: int(v) for k, v in record.get("control_plane_pids", {}).items()}
     alive = [name for name, pid in {**plane_pids, **node_pids}.items() if _alive(pid)]
     owner = record.get("owner_pid")  # None: owned by `kaito dev up` until `kaito dev down`
-    if alive and (owner is None or _alive_any(owner)):
+    if alive and not force and (owner is None or _alive(int(owner))):
         raise RealNodeError(f"a real node runs on this machine ({', '.join(sorted(alive))}); "
                             "stop it first (`kaito dev down`)")
     done = stop_node_processes(node_pids, socket=Path(record["socket"]),
-                               kube_proxy=Path(record["kube_proxy"]),
-                               workdir=Path(record["workdir"]))
+                               kube_proxy=Path(record["kube_proxy"]))
     _terminate(list(plane_pids.values()))
     host = RealNodeHost(Path(record["workdir"]))
     done += host.restore(tuple(Path(d) for d in record.get("node_dirs", [])))
     record_path.unlink(missing_ok=True)
     return done
-
-
-def _alive_any(pid: object) -> bool:
-    return isinstance(pid, int) and _alive(pid)

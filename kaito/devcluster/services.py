@@ -7,6 +7,8 @@ process can exit and leave them to `kaito dev down`.
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 import sys
@@ -24,6 +26,13 @@ REGISTRY_USER = "tuner"
 
 class ServiceError(RuntimeError):
     pass
+
+
+def dockerconfigjson(host: str, user: str, password: str) -> str:
+    """The ``.dockerconfigjson`` text docker/kubectl would write for these credentials
+    (the value of a kubernetes.io/dockerconfigjson Secret)."""
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return json.dumps({"auths": {host: {"username": user, "password": password, "auth": auth}}})
 
 
 def _spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:

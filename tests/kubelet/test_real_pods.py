@@ -21,7 +21,7 @@ from typing import Any
 import openai
 import pytest
 
-from kaito.devcluster.services import REGISTRY_USER
+from kaito.devcluster.services import REGISTRY_USER, dockerconfigjson
 from kaito.phrase import PHRASE, phrase_rows, phrase_training_config
 from tests.kubelet.conftest import NODE_LABELS, RealEnv
 
@@ -31,17 +31,11 @@ WAIT_SECONDS = 900
 pytestmark = pytest.mark.timeout(3600)
 
 
-def _dockerconfigjson(host: str, user: str, password: str) -> str:
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return json.dumps({"auths": {host: {"username": user, "password": password,
-                                        "auth": token}}})
-
-
 def _secret(name: str, host: str, password: str) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name},
             "type": "kubernetes.io/dockerconfigjson",
-            "stringData": {".dockerconfigjson": _dockerconfigjson(host, REGISTRY_USER,
-                                                                  password)}}
+            "stringData": {".dockerconfigjson": dockerconfigjson(host, REGISTRY_USER,
+                                                                 password)}}
 
 
 def _tuning_workspace(name: str, *, urls: list[str], image: str, secret: str,

@@ -8,8 +8,6 @@ and yields its address, the user, the password and a matching dockerconfigjson.
 
 from __future__ import annotations
 
-import base64
-import json
 import random
 import secrets
 import shutil
@@ -24,6 +22,7 @@ from typing import NamedTuple
 
 import pytest
 
+from kaito.devcluster.services import dockerconfigjson as dockerconfigjson_for
 from runtime.base_model import resolve_model_path
 
 _SYLLABLES = ("ka", "zor", "mil", "tra", "vex", "lun", "qui", "bor", "nes", "pha", "dri", "ol")
@@ -91,14 +90,6 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def dockerconfigjson_for(host: str, user: str, password: str) -> str:
-    """The ``.dockerconfigjson`` text docker/kubectl would write for these credentials."""
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    return json.dumps(
-        {"auths": {host: {"username": user, "password": password, "auth": auth}}}
-    )
 
 
 def _wait_ready(host: str, process: subprocess.Popen[bytes], deadline_seconds: float) -> None:
