@@ -40,9 +40,12 @@ SIZES: dict[str, dict[str, list[str]]] = {
         "quick": ["--requests", "2000", "--concurrency", "64", "--rounds", "1"],
         "smoke": ["--requests", "100", "--concurrency", "4", "--rounds", "1"]},
     "controller": {
-        "full": ["--objects", "1000", "--cache-objects", "5000", "--repeat", "2"],
-        "quick": ["--objects", "150", "--cache-objects", "1000", "--repeat", "1"],
-        "smoke": ["--objects", "10", "--cache-objects", "50", "--repeat", "1"]},
+        "full": ["--workspaces", "1000", "--repeat", "1", "--webhook-rate", "50",
+                 "--webhook-idle-seconds", "20"],
+        "quick": ["--workspaces", "80", "--repeat", "1", "--webhook-rate", "50",
+                  "--webhook-idle-seconds", "5"],
+        "smoke": ["--workspaces", "4", "--repeat", "1", "--webhook-rate", "20",
+                  "--webhook-idle-seconds", "2"]},
     "tuning": {
         "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "6",
                  "--packing-steps", "6"],

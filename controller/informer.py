@@ -90,6 +90,9 @@ class Informer:
         self._restart_version: str | None = None
         self.relist_count = 0
         self.watch_count = 0
+        if metrics is not None:
+            metrics.informer_cached_objects.labels(informer=self.name).set_function(
+                lambda: len(self.cache))
 
     def __repr__(self) -> str:
         return f"Informer({self.resource}, namespace={self.namespace!r})"

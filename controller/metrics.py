@@ -113,6 +113,10 @@ class Metrics:
             "kaito_informer_events_total", "Watch events the informer applied",
             ["resource", "type"], registry=r,
         )
+        self.informer_cached_objects = Gauge(
+            "kaito_informer_cached_objects", "Objects the informer's cache holds now",
+            ["informer"], registry=r,
+        )
 
     def queue_metrics(self, name: str) -> QueueMetrics:
         return QueueMetrics(self, name)

@@ -52,6 +52,37 @@ def find_binaries() -> Path:
     return Path(result.stdout.strip().splitlines()[-1])
 
 
+def kwok_gpu_node(
+    name: str,
+    *,
+    gpus: int = 1,
+    instance_type: str = "Standard_NC6s_v3",
+    labels: dict[str, str] | None = None,
+    taints: list[dict[str, str]] | None = None,
+    pods: int = 110,
+) -> dict[str, Any]:
+    """A Node that kwok runs (its annotation) and that reports `nvidia.com/gpu`."""
+    resources = {"cpu": "32", "memory": "256Gi", "pods": str(pods), "nvidia.com/gpu": str(gpus)}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {
+                "type": "kwok",
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "node.kubernetes.io/instance-type": instance_type,
+                **(labels or {}),
+            },
+        },
+        "spec": {"taints": taints or []},
+        "status": {"capacity": resources, "allocatable": resources},
+    }
+
+
 class LocalCluster:
     def __init__(
         self, workdir: Path, bin_dir: Path, *, with_nodes: bool = False,
@@ -164,25 +195,8 @@ class LocalCluster:
         """A kwok-simulated node that reports `nvidia.com/gpu` capacity."""
         if not self.with_nodes:
             raise RuntimeError("create_gpu_node needs a cluster started with with_nodes=True")
-        resources = {"cpu": "32", "memory": "256Gi", "pods": "110", "nvidia.com/gpu": str(gpus)}
-        node: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Node",
-            "metadata": {
-                "name": name,
-                "annotations": {KWOK_NODE_ANNOTATION: "fake"},
-                "labels": {
-                    "type": "kwok",
-                    "kubernetes.io/hostname": name,
-                    "kubernetes.io/os": "linux",
-                    "kubernetes.io/arch": "amd64",
-                    "node.kubernetes.io/instance-type": instance_type,
-                    **(labels or {}),
-                },
-            },
-            "spec": {"taints": taints or []},
-            "status": {"capacity": resources, "allocatable": resources},
-        }
+        node = kwok_gpu_node(name, gpus=gpus, instance_type=instance_type, labels=labels,
+                             taints=taints)
         self.kubectl("create", "-f", "-", input=json.dumps(node))
 
     # ---- internals ------------------------------------------------------------
@@ -286,11 +300,17 @@ class LocalCluster:
                 f"--cluster-signing-key-file={self.ca_key_path}",
                 "--use-service-account-credentials=false",
                 "--controllers=*,-nodeipam,-cloud-node-lifecycle",
+                # client-go's default 20/s would make the Deployment and ReplicaSet
+                # controllers, not ours, the bottleneck of any test with many workspaces.
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
             ],
             "kube-scheduler": [
                 str(self.bin_dir / "kube-scheduler"),
                 f"--kubeconfig={kubeconfig}",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
                 f"--authentication-kubeconfig={kubeconfig}",
                 f"--authorization-kubeconfig={kubeconfig}",
                 "--bind-address=127.0.0.1",
