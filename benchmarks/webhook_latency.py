@@ -5,8 +5,9 @@ AdmissionReview and answers ``allowed`` (the least any Python webhook must do), 
 with the same self-made certificate on 127.0.0.1. A load generator in another process
 (benchmarks/loadgen.py) posts the seed workspace's AdmissionReview to /validate and
 /mutate and to the reference, ``--concurrency`` connections, ``--requests`` each.
-Rounds alternate reference and ours so drift in background load hits both alike; the
-median round is reported. Rows: p99 latency (goal ≤ 1.5× the reference) and
+Rounds alternate reference and ours so drift in background load hits both alike, and
+each round rotates their order (so no target always runs in the same place); the median
+round is reported. Rows: p99 latency (goal ≤ 1.5× the reference) and
 requests/s (goal ≥ 0.7×) of each endpoint.
 
     python -m benchmarks.webhook_latency --requests 20000 --concurrency 64 [--json out.json]
@@ -91,6 +92,14 @@ async def load(url: str, body_path: Path, cafile: Path, requests: int,
     return result
 
 
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The phases of one round, rotated by one place each round: a phase's position (the
+    first after a loaded round, the one after the reference) changes its numbers on a
+    shared machine, so over len(names) rounds every target takes every position once."""
+    shift = round_index % len(names)
+    return names[shift:] + names[:shift]
+
+
 def _median_round(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {key: round(statistics.median(r[key] for r in rounds), 3)
             for key in ("p50_ms", "p99_ms", "requests_per_second")}
@@ -119,9 +128,10 @@ async def measure(requests: int, concurrency: int, rounds: int) -> dict[str, Any
                    "mutate": f"https://127.0.0.1:{our_port}{MUTATE_PATH}"}
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         try:
-            for _ in range(rounds):
-                for name, url in targets.items():
-                    runs[name].append(await load(url, body, cafile, requests, concurrency))
+            for round_index in range(rounds):
+                for name in round_order(list(targets), round_index):
+                    runs[name].append(
+                        await load(targets[name], body, cafile, requests, concurrency))
         finally:
             await ours.cleanup()
             await reference.cleanup()

@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ParamSpec, Protocol, TypeVar
 
-import jsonpatch
 from pydantic import ValidationError
 
 from crds.addresses import Network
@@ -22,6 +21,7 @@ from crds.workspace import Workspace
 from presets.catalog import Catalog, HfConfigSource, ModelPreset, is_hf_model_id
 from webhook.defaulting import default, deprecation_warnings
 from webhook.errors import FieldError, join
+from webhook.patch import make_patch
 from webhook.review import AdmissionReview, allowed, denied
 from webhook.tuning_config import TrainingConfig, parse_tuning_config
 from webhook.validation import admission_warnings, spec_unchanged, validate
@@ -106,7 +106,7 @@ def _default_patch(parsed: Workspace, old: Workspace | None, presets: Catalog,
                         node_provisioning=node_provisioning, best_effort=best_effort)
     before = {k: v for k, v in parsed.to_dict().items() if k in SPEC_KEYS}
     after = {k: v for k, v in defaulted.to_dict().items() if k in SPEC_KEYS}
-    return list(jsonpatch.make_patch(before, after))
+    return make_patch(before, after)
 
 
 async def _config_data(

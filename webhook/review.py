@@ -61,6 +61,15 @@ def _uid_of(document: object) -> str | None:
 def parse_review(body: bytes) -> AdmissionReview:
     """The review in the body, or MalformedReview (with the uid when one was readable)."""
     try:
+        # pydantic's own JSON parser: about half the time of json.loads + model_validate.
+        review = AdmissionReview.model_validate_json(body)
+    except ValueError:
+        review = _parse_slowly(body)  # says why, in the words json and pydantic use
+    return _checked(review)
+
+
+def _parse_slowly(body: bytes) -> AdmissionReview:
+    try:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise MalformedReview(f"body is not JSON: {error.__class__.__name__}") from None
@@ -72,10 +81,15 @@ def parse_review(body: bytes) -> AdmissionReview:
         where = ".".join(str(part) for part in first["loc"]) or "<root>"
         raise MalformedReview(f"not an admission.k8s.io/v1 AdmissionReview: {where}: "
                               f"{first['msg']}", uid) from None
-    if review.request.operation in ("CREATE", "UPDATE") and review.request.object is None:
-        raise MalformedReview("request.object is required for CREATE and UPDATE", uid)
-    if review.request.operation == "UPDATE" and review.request.old_object is None:
-        raise MalformedReview("request.oldObject is required for UPDATE", uid)
+    return review
+
+
+def _checked(review: AdmissionReview) -> AdmissionReview:
+    request = review.request
+    if request.operation in ("CREATE", "UPDATE") and request.object is None:
+        raise MalformedReview("request.object is required for CREATE and UPDATE", request.uid)
+    if request.operation == "UPDATE" and request.old_object is None:
+        raise MalformedReview("request.oldObject is required for UPDATE", request.uid)
     return review
 
 

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import CONTENT_TYPE_LATEST, Counter
 
 from crds.addresses import Network
 from presets.catalog import Catalog
@@ -42,21 +42,30 @@ ReadyCheck = Callable[[], bool]
 READY: web.AppKey[ReadyCheck] = web.AppKey("ready")
 
 
-def _admission_handler(path: str, decide: Decide) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _admission_handler(path: str, decide: Decide,
+                       metrics: WebhookMetrics) -> Callable[[web.Request], Awaitable[web.Response]]:
+    # Labelled children are looked up once, not per request (labels() takes a lock and
+    # builds a key: ~20 us of every review).
+    in_flight = metrics.in_flight.labels(path)
+    latency = metrics.latency_seconds.labels(path)
+    requests_by_code: dict[int, Counter] = {}
+
     async def handle(request: web.Request) -> web.Response:
-        metrics = request.app[METRICS]
         loop = asyncio.get_running_loop()
         started = loop.time()
-        metrics.in_flight.labels(path).inc()
+        in_flight.inc()
         code = 500
         try:
             response = await _answer(request, decide)
             code = response.status
             return response
         finally:
-            metrics.in_flight.labels(path).dec()
-            metrics.requests_total.labels(path, str(code)).inc()
-            metrics.latency_seconds.labels(path).observe(loop.time() - started)
+            in_flight.dec()
+            counter = requests_by_code.get(code)
+            if counter is None:
+                counter = requests_by_code[code] = metrics.requests_total.labels(path, str(code))
+            counter.inc()
+            latency.observe(loop.time() - started)
 
     return handle
 
@@ -124,10 +133,11 @@ def build_app(
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[CATALOG] = catalog
     app[CONFIGMAPS] = configmaps
-    app[METRICS] = metrics or WebhookMetrics()
+    app[METRICS] = metrics = metrics or WebhookMetrics()
     app[READY] = ready
-    app.router.add_post(MUTATE_PATH, _admission_handler(MUTATE_PATH, mutate_workspace))
-    app.router.add_post(VALIDATE_PATH, _admission_handler(VALIDATE_PATH, validate_workspace))
+    app.router.add_post(MUTATE_PATH, _admission_handler(MUTATE_PATH, mutate_workspace, metrics))
+    app.router.add_post(VALIDATE_PATH,
+                        _admission_handler(VALIDATE_PATH, validate_workspace, metrics))
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)

@@ -7,6 +7,7 @@ and config may change, so they are checked again); `old` adds the immutability r
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
@@ -330,10 +331,17 @@ def _input_errors(ws: Workspace, allowed_networks: Sequence[Network]) -> list[Fi
                            given or None)]
     errors: list[FieldError] = []
     for index, url in enumerate(source.urls or []):
-        problem = url_problem(url, allowed_networks, hint=_ALLOW_HINT)
+        problem = _url_problem(url, tuple(allowed_networks))
         if problem is not None:
             errors.append(FieldError(f"tuning.input.urls[{index}]", "Invalid value", problem, url))
     return errors
+
+
+@functools.lru_cache(maxsize=1024)
+def _url_problem(url: str, allowed_networks: tuple[Network, ...]) -> str | None:
+    """url_problem, once per URL: a pure function of its arguments (no DNS), and the same
+    dataset URLs come back with every review of a workspace."""
+    return url_problem(url, allowed_networks, hint=_ALLOW_HINT)
 
 
 def _output_errors(ws: Workspace) -> list[FieldError]:

@@ -221,6 +221,20 @@ def test_validate_does_not_mutate_its_input() -> None:
     assert ws.to_dict() == before
 
 
+def test_defaulting_leaves_the_reviewed_object_as_it_was() -> None:
+    # default() copies only what it fills in: the parsed review object must not change.
+    raw = _edit(INFERENCE, resource__instanceType=None, inference__preset={"name": "phi-4"},
+                inference__adapters=[_adapter("a"), _adapter("b", "0.25")])
+    ws = Workspace.model_validate(raw)
+    before = ws.to_dict()
+    defaulted = default(ws, load_catalog(), old=Workspace.model_validate(
+        _edit(raw, resource__count=2)))
+    assert ws.to_dict() == before
+    assert defaulted.resource is not None and defaulted.resource.count == 2
+    assert defaulted.inference is not None and defaulted.inference.adapters is not None
+    assert [a.strength for a in defaulted.inference.adapters] == ["1.0", "0.25"]
+
+
 def test_gradient_checkpointing_in_the_config_shrinks_the_estimate() -> None:
     raw = _edit(SEED, tuning__config="cfg", tuning__preset={"name": "phi-3-medium-128k-instruct"},
                 resource__instanceType="Standard_NV36ads_A10_v5")
