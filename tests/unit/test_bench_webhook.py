@@ -15,6 +15,7 @@ def test_webhook_benchmark_measures_both_endpoints_against_the_reference(
     for endpoint in ("validate", "mutate"):
         assert rows[f"/{endpoint} p99 latency"]["goal"] == "≤ 1.5"
         assert rows[f"/{endpoint} throughput"]["reference_name"] == "minimal aiohttp TLS handler"
+        assert rows[f"/{endpoint} server CPU per request"]["ours"] > 0
 
 
 def test_rounds_rotate_the_order_so_each_target_takes_each_place() -> None:
