@@ -6,15 +6,16 @@ looks at API status codes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 from typing import Any
 
-from kubernetes_asyncio import client
+from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from webhook.admission import ConfigMapUnavailable
+from webhook.admission import ConfigMapReader, ConfigMapUnavailable
 from webhook.certs import Bundle
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,65 @@ class KubeConfigMapReader:
             raise ConfigMapUnavailable(error.__class__.__name__) from None
         data: dict[str, str] = dict(configmap.data or {})
         return data
+
+
+class WatchedConfigMaps:
+    """The operator namespace's ConfigMaps (the tuning templates every workspace without
+    its own config uses) kept from a list and watch, so a review reads them from memory
+    instead of waiting on an apiserver that may be busy. Other namespaces, and this one
+    while no watch is up (start-up, a broken watch), are read on demand by ``fallback``."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, fallback: ConfigMapReader,
+                 *, retry_seconds: float = 2.0, watch_seconds: int = 300) -> None:
+        self.namespace = namespace
+        self._core = client.CoreV1Api(api)
+        self._fallback = fallback
+        self._retry_seconds = retry_seconds
+        self._watch_seconds = watch_seconds
+        self._cache: dict[str, dict[str, str]] = {}
+        self._is_synced = False
+
+    @property
+    def is_synced(self) -> bool:
+        return self._is_synced
+
+    async def run(self) -> None:
+        """List and watch until cancelled; a failure falls back to reads, then relists."""
+        while True:
+            try:
+                await self._list_and_watch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - any failure: read on demand, relist
+                log.warning("watching the tuning templates failed; reading them on demand",
+                            extra={"namespace": self.namespace, "error": str(error)[:200]})
+            self._is_synced = False
+            await asyncio.sleep(self._retry_seconds)
+
+    async def _list_and_watch(self) -> None:
+        listing = await self._core.list_namespaced_config_map(
+            self.namespace, _request_timeout=REQUEST_TIMEOUT_SECONDS)
+        self._cache = {cm.metadata.name: dict(cm.data or {}) for cm in listing.items}
+        version = listing.metadata.resource_version
+        self._is_synced = True
+        while True:  # each watch ends after watch_seconds; resume where it was
+            async with watch.Watch().stream(
+                    self._core.list_namespaced_config_map, self.namespace,
+                    resource_version=version, timeout_seconds=self._watch_seconds,
+                    _request_timeout=self._watch_seconds + 30) as stream:
+                async for event in stream:
+                    configmap = event["object"]
+                    version = configmap.metadata.resource_version
+                    if event["type"] == "DELETED":
+                        self._cache.pop(configmap.metadata.name, None)
+                    else:
+                        self._cache[configmap.metadata.name] = dict(configmap.data or {})
+
+    async def read(self, namespace: str, name: str) -> dict[str, str] | None:
+        if namespace != self.namespace or not self._is_synced:
+            return await self._fallback.read(namespace, name)
+        data = self._cache.get(name)
+        return None if data is None else dict(data)
 
 
 class NoConfigMaps:

@@ -31,6 +31,7 @@ from webhook.kube import (
     Conflict,
     KubeConfigMapReader,
     NoConfigMaps,
+    WatchedConfigMaps,
     patch_ca_bundle,
 )
 from webhook.metrics import WebhookMetrics
@@ -177,10 +178,14 @@ async def serve(settings: WebhookSettings, stop: asyncio.Event) -> None:
     tls = TlsState()
     async with contextlib.AsyncExitStack() as stack:
         api = await stack.enter_async_context(_api_client(settings))
-        reader: ConfigMapReader = (
-            KubeConfigMapReader(api, settings.configmap_timeout_seconds) if api else NoConfigMaps()
-        )
         background: list[asyncio.Task[None]] = []
+        reader: ConfigMapReader = NoConfigMaps()
+        if api is not None:
+            watched = WatchedConfigMaps(
+                api, settings.namespace,
+                KubeConfigMapReader(api, settings.configmap_timeout_seconds))
+            background.append(asyncio.create_task(watched.run(), name="webhook-templates"))
+            reader = watched
         if settings.cert_mode == "files":
             if settings.cert_file is None or settings.key_file is None:
                 raise ValueError("cert mode 'files' needs --cert-file and --key-file")

@@ -59,6 +59,8 @@ def test_default_bundle_installs(installed: LocalCluster) -> None:
     (CONTROLLER, "create", "pods", "default", False),
     (WEBHOOK, "get", "configmaps", "default", True),
     (WEBHOOK, "list", "configmaps", "default", False),
+    (WEBHOOK, "watch", "configmaps", "kaito-system", True),  # the tuning templates
+    (WEBHOOK, "watch", "configmaps", "default", False),
     (WEBHOOK, "get", "secrets/kaito-webhook-cert", "kaito-system", True),
     (WEBHOOK, "get", "secrets/other", "kaito-system", False),
     (WEBHOOK, "list", "secrets", "kaito-system", False),

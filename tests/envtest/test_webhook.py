@@ -391,3 +391,34 @@ def test_two_replicas_starting_together_share_one_ca(
             process.terminate()
         for process in processes:
             process.wait(timeout=15)
+
+
+def test_a_template_in_the_operator_namespace_is_watched(
+    control_plane: LocalCluster, webhook: RunningWebhook, ws_namespace: str
+) -> None:
+    """The webhook keeps the operator namespace's templates from a watch (a review does
+    not wait on the apiserver for them): an edit or a removal is seen within moments."""
+    def template(arguments: dict[str, Any]) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "qlora-params-template", "namespace": webhook.namespace},
+                "data": {"training_config.yaml": yaml.safe_dump({"training_config": {
+                    "QuantizationConfig": {"load_in_4bit": True},
+                    "TrainingArguments": arguments}})}}
+
+    obj = _edit(SEED, metadata={"name": "uses-the-template"})
+
+    def answer() -> str:
+        result = _apply(control_plane, ws_namespace, obj, dry_run=True)
+        return "" if result.returncode == 0 else result.stderr
+
+    control_plane.apply(template({"num_train_epochs": "many"}))
+    _wait("the broken template to be seen", lambda: "num_train_epochs" in answer(),
+          timeout_seconds=20)
+    control_plane.apply(template({"num_train_epochs": 2}))
+    _wait("the fixed template to be seen", lambda: answer() == "", timeout_seconds=20)
+    control_plane.apply(template({"num_train_epochs": "many"}))
+    _wait("the broken template again", lambda: "num_train_epochs" in answer(),
+          timeout_seconds=20)
+    control_plane.kubectl("delete", "configmap", "qlora-params-template", "-n",
+                          webhook.namespace)
+    _wait("the built-in default once it is gone", lambda: answer() == "", timeout_seconds=20)
