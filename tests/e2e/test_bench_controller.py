@@ -1,7 +1,7 @@
 """Smoke run of the controller benchmark on the shared kwok cluster: a few Workspaces made
 ready by the production controller with 1 and 8 workers, the writes each took, a
 restarted controller's no-op resync, memory per cached object, and the webhook's latency
-idle and while a third run converges. Sizes are tiny; the figures are the table's job."""
+idle and while the 8-worker run converges. Sizes are tiny; the figures are the table's job."""
 
 from __future__ import annotations
 
