@@ -21,7 +21,7 @@ And the webhook (`python -m webhook`, its own process) gets AdmissionReviews of 
 seed's Workspace at a steady ``--webhook-rate`` (benchmarks/paced_load.py, another
 process): for ``--webhook-idle-seconds`` on the idle cluster, then for as long as the
 last 8-worker run takes to make its Workspaces ready (at 50 req/s this costs a few
-percent of one core, which can only make the 8-worker figure smaller). Every 5 s the
+percent of one core, which can only make the 8-worker figure smaller). Every 2 s the
 webhook and its client switch between normal priority and nice -10 (a CPU share of
 their own, as a pod's CPU request gives it on a busy node). Rows: p99 under load against
 idle, for each (goal ≤ 1.3).
@@ -247,7 +247,7 @@ async def wait_all_ready(client: KubeClient, namespace: str, expected: int,
 
 
 RESERVED_NICE = -10
-SWITCH_SECONDS = 5.0
+SWITCH_SECONDS = 2.0
 
 
 def renice(pids: tuple[int, ...], nice: int) -> bool:

@@ -42,7 +42,7 @@ SIZES: dict[str, dict[str, list[str]]] = {
     "controller": {
         "full": ["--workspaces", "1000", "--repeat", "1", "--webhook-rate", "50",
                  "--webhook-idle-seconds", "20"],
-        "quick": ["--workspaces", "80", "--repeat", "1", "--webhook-rate", "50",
+        "quick": ["--workspaces", "40", "--repeat", "1", "--webhook-rate", "50",
                   "--webhook-idle-seconds", "5"],
         "smoke": ["--workspaces", "4", "--repeat", "1", "--webhook-rate", "20",
                   "--webhook-idle-seconds", "2"]},
