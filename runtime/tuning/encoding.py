@@ -63,12 +63,7 @@ class Batch:
     labels: list[list[int]]
     attention_mask: list[list[int]] | None
     position_ids: list[list[int]] | None
-
-    @property
-    def real_tokens(self) -> int:
-        if self.attention_mask is None:
-            return sum(len(row) for row in self.input_ids)
-        return sum(sum(row) for row in self.attention_mask)
+    real_tokens: int  # the rows' own tokens, not padding (packed rows have no mask to count)
 
 
 def _tokenize_with_offsets(tokenizer: ChatTokenizer, text: str) -> tuple[list[int], list[int]]:
@@ -286,11 +281,14 @@ def collate(
         labels.append(row_labels + [IGNORE_INDEX] * padding)
         masks.append([1] * len(ids) + [0] * padding)
         positions.append(row_positions + list(range(padding)))
+    real_tokens = sum(len(ids) for ids in flat_ids)
     if is_packed:
         # No attention mask: transformers derives the block-diagonal mask from the
         # restarting position ids; padding (at the end, its own block) is never attended.
-        return Batch(input_ids, labels, attention_mask=None, position_ids=positions)
-    return Batch(input_ids, labels, attention_mask=masks, position_ids=None)
+        return Batch(input_ids, labels, attention_mask=None, position_ids=positions,
+                     real_tokens=real_tokens)
+    return Batch(input_ids, labels, attention_mask=masks, position_ids=None,
+                 real_tokens=real_tokens)
 
 
 def plan_epoch(

@@ -115,6 +115,9 @@ class Trainer:
         self.device = device
         args = config.training
         data = config.dataset
+        # The plan of the epoch being trained, made once per epoch: re-planning on every
+        # step re-sorted (and, with packing, re-binned) the whole dataset each step.
+        self._planned: tuple[int, list[list[list[Encoded]]]] | None = None
         self.batches_per_epoch = len(self._plan(0))
         self.accumulation = args.gradient_accumulation_steps
         updates_per_epoch = math.ceil(self.batches_per_epoch / self.accumulation)
@@ -148,8 +151,10 @@ class Trainer:
         self._max_seq_length = data.max_seq_length
 
     def _plan(self, epoch: int) -> list[list[list[Encoded]]]:
+        if self._planned is not None and self._planned[0] == epoch:
+            return self._planned[1]
         data = self.config.dataset
-        return plan_epoch(
+        plan = plan_epoch(
             self.train_items,
             self.config.training.per_device_train_batch_size,
             seed=data.shuffle_seed,
@@ -158,6 +163,8 @@ class Trainer:
             packing=data.packing,
             max_seq_length=data.max_seq_length,
         )
+        self._planned = (epoch, plan)
+        return plan
 
     def _checkpoint_interval(self, updates_per_epoch: int) -> int:
         """Steps between checkpoints. With upstream's default ``save_strategy: no`` a
@@ -288,14 +295,11 @@ class Trainer:
     def _micro_batches(self, step: int) -> list[Batch]:
         """The micro-batches of optimizer step ``step`` (0-based), replayable on resume."""
         batches: list[Batch] = []
-        plans: dict[int, list[list[list[Encoded]]]] = {}
         for index in range(step * self.accumulation, (step + 1) * self.accumulation):
             epoch, position = divmod(index, self.batches_per_epoch)
-            if epoch not in plans:
-                plans[epoch] = self._plan(epoch)
             batches.append(
                 collate(
-                    plans[epoch][position],
+                    self._plan(epoch)[position],
                     self.pad_token_id,
                     self.config.collator.pad_to_multiple_of,
                 )

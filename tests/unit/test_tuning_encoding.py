@@ -220,6 +220,8 @@ def test_packed_rows_restart_positions_and_mask_boundaries() -> None:
     # the short row's padding is its own block starting at 0, never attended by real rows
     assert batch.position_ids[1] == [0, 1, 2, 0, 1, 2]
     assert batch.labels[1][3:] == [IGNORE_INDEX] * 3
+    # tokens/s counts the examples' tokens, not the short row's padding
+    assert batch.real_tokens == 9
 
 
 def test_length_grouping_keeps_padding_small_and_epochs_reproducible() -> None:
@@ -237,3 +239,31 @@ def test_length_grouping_keeps_padding_small_and_epochs_reproducible() -> None:
     other = plan_epoch(items, 8, seed=3, epoch=1, shuffle=True, packing=False, max_seq_length=64)
     assert [[r[0].source for r in b] for b in same] == [[r[0].source for r in b] for b in plan]
     assert [[r[0].source for r in b] for b in other] != [[r[0].source for r in b] for b in plan]
+
+
+def test_the_trainer_plans_each_epoch_once(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    """Re-planning on every step re-sorted (with packing, re-binned) the whole dataset."""
+    import torch
+
+    from runtime.progress import ProgressTracker
+    from runtime.tuning import trainer as trainer_module
+    from runtime.tuning.config import parse_training_config
+
+    calls: list[int] = []
+
+    def counting_plan(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["epoch"])
+        return plan_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "plan_epoch", counting_plan)
+    config = parse_training_config(
+        {"training_config": {"TrainingArguments": {"per_device_train_batch_size": 2,
+                                                   "max_steps": 12}}}, "lora")
+    trainer = trainer_module.Trainer(
+        torch.nn.Linear(2, 2), config, _items([3, 4, 5, 6, 7, 8, 9, 10]), [],
+        output_dir=tmp_path, pad_token_id=0, fingerprint="x", progress=ProgressTracker(None),
+        device=torch.device("cpu"), dtype=torch.float32)
+    replayed = [trainer._micro_batches(step) for step in range(12)]
+    assert calls == [0, 1, 2]  # 4 batches per epoch, 12 steps: 3 epochs, each planned once
+    assert trainer._micro_batches(1) == replayed[1]  # going back replans that epoch, same
