@@ -120,11 +120,11 @@ def epoch_steps(config: TrainingConfig, items: list[Encoded]) -> int:
                           packing=data.packing, max_seq_length=data.max_seq_length))
 
 
-def warm_up(model: Any, device: Any, items: list[Encoded], pad_token_id: int) -> None:
+def warm_up(model: Any, device: Any, rows: list[list[Encoded]], pad_token_id: int) -> None:
     """One untimed forward/backward (kernel and allocator warm-up); no update is made."""
     from runtime.tuning.trainer import _to_tensors
 
-    batch = collate([[item] for item in items], pad_token_id)
+    batch = collate(rows, pad_token_id)
     model.train()
     model(**_to_tensors(batch, device), use_cache=False).loss.backward()
     model.zero_grad(set_to_none=True)
@@ -141,7 +141,10 @@ def run_ours(model_path: Path, items: list[Encoded], method: str, batch: int,
     config = config_for(method, steps or epoch_steps(config, items), batch, packing=packing,
                         shuffle=shuffle)
     loaded = load_for_training(model_path, config)
-    warm_up(loaded.model, loaded.device, items[:batch], pad_token_id)
+    data = config.dataset  # warm up on the first batch as trained (a packed one if packing)
+    first = plan_epoch(items, batch, seed=data.shuffle_seed, epoch=0, shuffle=False,
+                       packing=packing, max_seq_length=data.max_seq_length)[0]
+    warm_up(loaded.model, loaded.device, first, pad_token_id)
     tracker = RecordingTracker()
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(loaded.model, config, items, [], output_dir=Path(out),
@@ -181,7 +184,7 @@ def run_hf_trainer(model_path: Path, items: list[Encoded], method: str, batch: i
     steps = steps or -(-len(items) // batch)
     config = config_for(method, steps, batch)
     loaded = load_for_training(model_path, config)  # same dtype, quantization and adapter
-    warm_up(loaded.model, loaded.device, items[:batch], pad_token_id)
+    warm_up(loaded.model, loaded.device, [[item] for item in items[:batch]], pad_token_id)
     rows = [{"input_ids": item.input_ids, "labels": item.labels} for item in items]
     tokenizer = _tokenizer(model_path)
     padder = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
@@ -300,7 +303,7 @@ def main() -> int:
                              "--loss-batch; default 50, or 3 with fewer than 100 --rows (a "
                              "smoke run) (0: skip it)")
     parser.add_argument("--loss-batch", type=int, default=1)
-    parser.add_argument("--packing-steps", type=int, default=16,
+    parser.add_argument("--packing-steps", type=int, default=24,
                         help="steps of the padded run: packing runs one epoch over "
                              "packing-steps * packing-batch skewed rows (0: skip them)")
     parser.add_argument("--packing-batch", type=int, default=4)
