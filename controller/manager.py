@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -56,6 +56,7 @@ class Manager:
         self._is_stop_pending = False
         self.bound_port: int | None = None
         self.started = asyncio.Event()
+        self._closers: list[Callable[[], Awaitable[None]]] = []
 
     # -- wiring --------------------------------------------------------------------------
 
@@ -78,6 +79,11 @@ class Manager:
 
     def add_controller(self, controller: Controller) -> None:
         self._controllers.append(controller)
+
+    def add_closer(self, close: Callable[[], Awaitable[None]]) -> None:
+        """Awaited when the manager stops, after the controllers have drained (e.g. to
+        write the Events still queued)."""
+        self._closers.append(close)
 
     @property
     def informers(self) -> Sequence[Informer]:
@@ -131,6 +137,11 @@ class Manager:
         except* LeaderElectionLost as group_error:
             lost = LeaderElectionLost(str(group_error.exceptions[0]))
         finally:
+            for close in self._closers:
+                try:
+                    await close()
+                except Exception:  # one closer must not stop the others
+                    log.exception("closing failed")
             if self.elector is not None:
                 await self.elector.release()
             await runner.cleanup()

@@ -45,6 +45,7 @@ def setup_provisioner(
     metrics = ProvisioningMetrics(manager.metrics.registry, backend_name)
     backend = backend_factory(find_node, metrics)
     events = EventRecorder(manager.client, REPORTING_CONTROLLER, identity)
+    manager.add_closer(events.close)
     lifecycle = settings or LifecycleSettings()
     offerings = UnavailableOfferings(lifecycle.unavailable_offering_seconds)
     kinds = [(NODECLAIMS, "nodeclaim")] + ([(MACHINES, "machine")] if use_machines else [])

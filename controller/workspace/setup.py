@@ -84,9 +84,10 @@ def setup_workspace_controller(
         revisions=manager.informer(CONTROLLER_REVISIONS, namespace, selector),
     )
     metrics = WorkspaceMetrics(manager.metrics.registry, informers.workspaces.cache.objects)
+    recorder = EventRecorder(manager.client, REPORTING_CONTROLLER, identity)
+    manager.add_closer(recorder.close)
     reconciler = WorkspaceReconciler(
-        manager.client, informers, catalog or load_catalog(),
-        EventRecorder(manager.client, REPORTING_CONTROLLER, identity), settings,
+        manager.client, informers, catalog or load_catalog(), recorder, settings,
         metrics=metrics)
     controller = Controller(CONTROLLER_NAME, reconciler, workers=workers,
                             metrics=manager.metrics)
