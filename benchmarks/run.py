@@ -37,7 +37,7 @@ PACKAGES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "aioh
 SIZES: dict[str, dict[str, list[str]]] = {
     "webhook": {
         "full": ["--requests", "20000", "--concurrency", "64", "--rounds", "3"],
-        "quick": ["--requests", "2000", "--concurrency", "64", "--rounds", "1"],
+        "quick": ["--requests", "1500", "--concurrency", "64", "--rounds", "3"],
         "smoke": ["--requests", "100", "--concurrency", "4", "--rounds", "1"]},
     "controller": {
         "full": ["--workspaces", "1000", "--repeat", "1", "--webhook-rate", "50",
@@ -54,9 +54,12 @@ SIZES: dict[str, dict[str, list[str]]] = {
         "smoke": ["--methods", "lora", "--batches", "2", "--steps", "2", "--rows", "24",
                   "--packing-steps", "2", "--packing-batch", "2"]},
     "serving": {
-        "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1"],
-        "quick": ["--clients", "1,4", "--max-tokens", "16", "--per-client", "1"],
-        "smoke": ["--clients", "1,2", "--max-tokens", "4", "--per-client", "1"]},
+        "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1",
+                 "--rounds", "3"],
+        "quick": ["--clients", "1,4", "--max-tokens", "16", "--per-client", "1",
+                  "--rounds", "2"],
+        "smoke": ["--clients", "1,2", "--max-tokens", "4", "--per-client", "1",
+                  "--rounds", "1"]},
 }
 MODULES = {"webhook": "benchmarks.webhook_latency", "controller": "benchmarks.controller_bench",
            "serving": "benchmarks.serving_bench", "tuning": "benchmarks.tuning_bench"}

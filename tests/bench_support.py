@@ -15,7 +15,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_smoke(name: str, results_dir: Path, *extra: str, timeout: float = 300) -> dict[str, Any]:
+def run_smoke(name: str, results_dir: Path, *extra: str, timeout: float = 600) -> dict[str, Any]:
     """`python -m benchmarks.run --smoke --only NAME`; returns its results document."""
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke", "--only", name,
