@@ -48,11 +48,11 @@ SIZES: dict[str, dict[str, list[str]]] = {
                   "--webhook-idle-seconds", "2"]},
     "tuning": {
         "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "6",
-                 "--packing-steps", "6"],
-        "quick": ["--methods", "lora", "--batches", "4", "--steps", "5",
-                  "--packing-steps", "4"],
+                 "--loss-steps", "50", "--packing-steps", "24", "--packing-batch", "4"],
+        "quick": ["--methods", "lora", "--batches", "4", "--steps", "3", "--loss-steps", "5",
+                  "--packing-steps", "6"],
         "smoke": ["--methods", "lora", "--batches", "2", "--steps", "2", "--rows", "24",
-                  "--packing-steps", "2", "--packing-batch", "2"]},
+                  "--loss-steps", "3", "--packing-steps", "2", "--packing-batch", "2"]},
     "serving": {
         "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1",
                  "--rounds", "3"],
