@@ -49,15 +49,15 @@ SIZES: dict[str, dict[str, list[str]]] = {
     "tuning": {
         "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "6",
                  "--loss-steps", "50", "--packing-steps", "24", "--packing-batch", "4"],
-        "quick": ["--methods", "lora", "--batches", "4", "--steps", "3", "--loss-steps", "5",
-                  "--packing-steps", "6"],
+        "quick": ["--methods", "lora", "--batches", "4", "--steps", "2", "--loss-steps", "5",
+                  "--packing-steps", "4"],
         "smoke": ["--methods", "lora", "--batches", "2", "--steps", "2", "--rows", "24",
                   "--loss-steps", "3", "--packing-steps", "2", "--packing-batch", "2"]},
     "serving": {
         "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1",
                  "--rounds", "3"],
         "quick": ["--clients", "1,4", "--max-tokens", "16", "--per-client", "1",
-                  "--rounds", "2"],
+                  "--rounds", "1"],
         "smoke": ["--clients", "1,2", "--max-tokens", "4", "--per-client", "1",
                   "--rounds", "1"]},
 }
