@@ -75,7 +75,7 @@ def machine() -> dict[str, Any]:
     from runtime.precision import cpu_capability
 
     capability = cpu_capability()
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)
@@ -132,7 +132,8 @@ def _number(value: float) -> str:
 def table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| Benchmark | Measure | Ours | Reference (same run) | Ratio | Goal | Met |",
              "|---|---|---|---|---|---|---|"]
-    for name, result in results.items():
+    for name in sorted(results, key=list(MODULES).index):
+        result = results[name]
         if "error" in result:
             lines.append(f"| {name} | failed: {result['error']} | | | | | |")
             continue
@@ -185,6 +186,16 @@ def main() -> int:
         document["seconds"] = round(time.monotonic() - started, 1)
         path.write_text(json.dumps(document, indent=2) + "\n")
 
+    if args.only and path.exists():
+        # A partial rerun (--only) updates its benchmarks in the day's file and keeps the
+        # others as they were measured (each result carries its own date and commit).
+        earlier = json.loads(path.read_text())
+        if earlier.get("mode") == mode:
+            for name, result in earlier.get("benchmarks", {}).items():
+                if name not in names:
+                    result.setdefault("date", earlier.get("date"))
+                    result.setdefault("commit", earlier.get("commit"))
+                    results[name] = result
     with tempfile.TemporaryDirectory(prefix="kaito-bench-") as workdir:
         for name in names:
             bench_args = list(SIZES[name][mode])
@@ -193,6 +204,9 @@ def main() -> int:
             if name == "controller" and args.kubeconfig:
                 bench_args += ["--kubeconfig", args.kubeconfig]
             results[name] = run_one(name, bench_args, Path(workdir))
+            results[name]["date"] = datetime.datetime.now(datetime.UTC).isoformat(
+                timespec="seconds")
+            results[name]["commit"] = document["commit"]
             save()
     print(f"\n{document['mode']} run {started_at:%Y-%m-%d %H:%M} UTC, commit "
           f"{document['commit']}, {info['cpu_model']}, {info['cores_usable']} cores, "
@@ -200,7 +214,7 @@ def main() -> int:
           f"{document['seconds']:.0f} s, load average {load_before[0]:.1f} before\n")
     print(table(results))
     print(f"\nresults: {path.relative_to(REPO) if path.is_relative_to(REPO) else path}")
-    return 1 if any("error" in result for result in results.values()) else 0
+    return 1 if any("error" in results[name] for name in names) else 0
 
 
 if __name__ == "__main__":

@@ -127,6 +127,10 @@ class Controller:
                 await self._reconcile_key(str(key))
             finally:
                 self.queue.done(key)
+            # A queue with keys waiting hands the next one out without a suspension, and a
+            # reconcile with nothing to write may not suspend either: let the event loop
+            # run (probes, /metrics, informers) between two, or a long queue starves it.
+            await asyncio.sleep(0)
 
     async def _reconcile_key(self, key: str) -> None:
         try:

@@ -45,6 +45,25 @@ def _labels(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
     return ((obj or {}).get("metadata") or {}).get("labels") or {}
 
 
+def _node_facts(node: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What the reconciler reads from a Node: labels (selectors, GPU discovery), taints,
+    schedulability, GPU capacity, readiness and deletion; not heartbeats."""
+    spec, status = node.get("spec") or {}, node.get("status") or {}
+    ready = [c.get("status") for c in status.get("conditions") or [] if c.get("type") == "Ready"]
+    return (_labels(node), spec.get("taints"), spec.get("unschedulable"),
+            status.get("allocatable"), status.get("capacity"), ready,
+            (node.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def node_matters(event: Event) -> bool:
+    """Whether a Node event can change a workspace's plan: adds and deletes do; an
+    update only when what the reconciler reads changed (kwok and kubelets rewrite node
+    status for heartbeats, which would otherwise resync every matching workspace)."""
+    if event.old is None:
+        return True
+    return _node_facts(event.old) != _node_facts(event.obj)
+
+
 def enqueue_labelled_workspace(event: Event) -> list[Request]:
     """A namespaced child: the workspace named by its label, in the child's namespace."""
     requests: list[Request] = []
@@ -99,6 +118,8 @@ def setup_workspace_controller(
         controller.watch(child, enqueue_labelled_workspace)
 
     def workspaces_for_node(event: Event) -> list[Request]:
+        if not node_matters(event):
+            return []
         labels_now, labels_before = _labels(event.obj), _labels(event.old)
         found: list[Request] = []
         for ws in informers.workspaces.cache.objects():
