@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -22,7 +23,8 @@ from kaito.devcluster.images import ProjectImages
 
 
 class Kubectl(Protocol):
-    def __call__(self, *args: str, timeout: float = ...) -> subprocess.CompletedProcess[str]:
+    def __call__(self, *args: str, input: str | None = ..., check: bool = ...,
+                 timeout: float = ...) -> subprocess.CompletedProcess[str]:
         ...
 
 OPERATOR_NAMESPACE = "kaito-system"
@@ -88,3 +90,27 @@ def install_operator(
     kubectl("wait", "-n", OPERATOR_NAMESPACE, "--for=jsonpath={.subsets[0].addresses[0].ip}",
                     "endpoints/kaito-webhook", f"--timeout={timeout_seconds}s",
                     timeout=timeout_seconds + 30)
+    wait_until_the_webhook_is_called(kubectl, timeout_seconds)
+
+
+# A Workspace the apiserver must send to the webhook (its answer, allowed or denied, is
+# what is waited for; a dry run stores nothing).
+_PROBE = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace",
+          "metadata": {"name": "webhook-probe", "namespace": "default"},
+          "resource": {"instanceType": "Standard_NC6s_v3",
+                       "labelSelector": {"matchLabels": {"apps": "probe"}}},
+          "inference": {"preset": {"name": "phi-3-mini-4k-instruct"}}}
+
+
+def wait_until_the_webhook_is_called(kubectl: Kubectl, timeout_seconds: float) -> None:
+    """An endpoint in the API is not yet a rule in kube-proxy: until it is, the apiserver's
+    call to the Service is refused. Server-side dry runs until one reaches the webhook."""
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        result = kubectl("create", "--dry-run=server", "-f", "-", input=yaml.safe_dump(_PROBE),
+                         check=False, timeout=60)
+        if result.returncode == 0 or "failed calling webhook" not in result.stderr:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the apiserver cannot call the webhook: {result.stderr.strip()}")
+        time.sleep(1)
