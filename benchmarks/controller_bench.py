@@ -71,7 +71,6 @@ from kaito.devcluster.process import free_port
 from webhook.certs import next_bundle
 from webhook.server import VALIDATE_PATH
 
-log = logging.getLogger("bench")
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 GPU_TAINT = {"key": "sku", "value": "gpu", "effect": "NoSchedule"}
 GPUS_PER_NODE = 64
@@ -358,10 +357,10 @@ class Webhook:
 
 class Bench:
     def __init__(self, kubeconfig: Path, workdir: Path, workspaces: int, timeout: float,
-                 cleanup: bool, components: dict[str, int]) -> None:
+                 components: dict[str, int]) -> None:
         self.components = components  # the cluster's processes, when this bench started them
         self.kubeconfig, self.workdir = kubeconfig, workdir
-        self.workspaces, self.timeout, self.cleanup = workspaces, timeout, cleanup
+        self.workspaces, self.timeout = workspaces, timeout
         self.suffix = f"{os.getpid() % 100000}"
         self.made: list[tuple[str, list[str]]] = []
 
@@ -474,7 +473,7 @@ async def mean_json_size(client: KubeClient, namespace: str) -> int:
 async def run(kubeconfig: Path, workdir: Path, workspaces: int, repeat: int, timeout: float,
               cleanup: bool, webhook_rate: float, webhook_seconds: float,
               components: dict[str, int] | None = None) -> dict[str, Any]:
-    bench = Bench(kubeconfig, workdir, workspaces, timeout, cleanup, components or {})
+    bench = Bench(kubeconfig, workdir, workspaces, timeout, components or {})
     runs: dict[int, list[dict[str, Any]]] = {1: [], 8: []}
     webhook_results: dict[str, Any] = {}
     async with await KubeClient.from_kubeconfig(kubeconfig) as client:
