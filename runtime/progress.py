@@ -123,6 +123,19 @@ class ProgressTracker:
             copy: dict[str, Any] = json.loads(json.dumps(self._state))  # a deep copy
             return copy
 
+    def final_summary(self) -> str:
+        """The run's last state as compact JSON, for the container's termination message
+        (the controller's only way to see it once the pod has ended; the kubelet keeps
+        4 KiB): phase, steps, loss, speed, precision and evaluation."""
+        state = self.snapshot()
+        keep = ("phase", "step", "total_steps", "loss", "tokens_per_second",
+                "resumed_from_step", "evaluation")
+        summary: dict[str, Any] = {key: state[key] for key in keep if state.get(key) is not None}
+        dtype = (state.get("precision") or {}).get("dtype")
+        if dtype:
+            summary["precision"] = {"dtype": dtype}
+        return json.dumps(summary, separators=(",", ":"))
+
     def set_phase(self, phase: str, message: str | None = None) -> None:
         if phase not in PHASES:
             raise ValueError(f"unknown phase {phase!r}")

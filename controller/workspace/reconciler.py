@@ -50,6 +50,7 @@ from controller.workspace.nodes import (
     partition_sku,
     plan_nodes,
 )
+from controller.workspace.pods import final_progress
 from controller.workspace.progress import ProgressReader, progress_status, same_progress
 from controller.workspace.revision import (
     build_controller_revision,
@@ -282,7 +283,7 @@ class WorkspaceReconciler:
                                         "; ".join(node_plan.failures), action="Provision")
 
         observed = Observed(nodes=node_plan, is_tuning=is_tuning,
-                            serves_after_tuning=serves_after_tuning)
+                            serves_after_tuning=serves_after_tuning, now=time.time())
         if is_tuning:
             observed.job, observed.config_problem = await self._ensure_job(
                 ws, obj, preset, sku, revision, may_create=node_plan.is_ready)
@@ -308,8 +309,9 @@ class WorkspaceReconciler:
             tuning=tuning_status)
         if changed:
             await self._record_transitions(obj, status_plan)
-        if requeue is not None:
-            return Result(requeue_after_seconds=requeue)
+        waits = [wait for wait in (requeue, status_plan.recheck_after_seconds) if wait is not None]
+        if waits:
+            return Result(requeue_after_seconds=min(waits))
         return Result()
 
     # -- pieces --------------------------------------------------------------------------
@@ -518,7 +520,7 @@ class WorkspaceReconciler:
         job_status = observed.job.get("status") or {}
         if job_status.get("succeeded") or job_status.get("failed") and not job_status.get(
                 "active"):
-            return previous, None
+            return self._final_progress(previous, observed, bool(job_status.get("succeeded"))), None
         interval = self._settings.progress_interval_seconds
         now = time.monotonic()
         last = self._last_progress_read.get(key)
@@ -534,6 +536,22 @@ class WorkspaceReconciler:
             return previous, interval
         fresh = progress_status(snapshot, time.time())
         return (previous if same_progress(previous, fresh) else fresh), interval
+
+    @staticmethod
+    def _final_progress(previous: dict[str, Any] | None, observed: Observed,
+                        succeeded: bool) -> dict[str, Any] | None:
+        """``status.tuning`` once the Job has ended: the tuning container's last snapshot
+        (its termination message), else the last one read with the Job's outcome as the
+        phase, so the status never stays at "training 15/16" after the run is over."""
+        snapshot = final_progress(observed.job_pods, tuning_builders.TUNER_CONTAINER)
+        if snapshot is not None and (snapshot.get("phase") == "succeeded") == succeeded:
+            fresh = progress_status(snapshot, time.time())
+            return previous if same_progress(previous, fresh) else fresh
+        phase = "succeeded" if succeeded else "failed"
+        if previous is None or previous.get("phase") == phase:
+            return previous
+        return {**previous, "phase": phase, "etaSeconds": 0} if succeeded else {
+            **{k: v for k, v in previous.items() if k != "etaSeconds"}, "phase": phase}
 
     async def _write_status(
         self, ws: Workspace, obj: KubeObject, plan: StatusPlan, *, target: int | None,

@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.workspace.nodes import NodePlan
+from controller.workspace.pods import (
+    REASON_OOM_KILLED,
+    PodTrouble,
+    newest,
+    pod_trouble,
+    probe_recheck_seconds,
+)
 from crds.meta import Condition, set_condition
 from crds.workspace import (
     CONDITION_INFERENCE_READY,
@@ -31,9 +38,6 @@ STATE_FAILED = "Failed"
 STATE_READY = "Ready"
 STATE_NOT_READY = "NotReady"
 STATE_DELETING = "Deleting"
-
-_PULL_FAILURES = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName",
-                  "CreateContainerConfigError", "CreateContainerError")
 
 
 @dataclass(frozen=True)
@@ -57,42 +61,22 @@ class Observed:
     workload_pods: Sequence[Mapping[str, Any]] = ()
     serves_after_tuning: bool = True
     config_problem: str | None = None  # the operator's default tuning config is unusable
+    now: float = 0.0  # Unix time of the observation (how long a probe has failed)
 
 
 @dataclass
 class StatusPlan:
     conditions: dict[str, Verdict] = field(default_factory=dict)
     state: str = STATE_PENDING
+    # Look again after this long even if nothing changes (a readiness probe that keeps
+    # failing changes nothing in the pod until it is reported as ProbeFailing).
+    recheck_after_seconds: float | None = None
 
 
 def _job_condition(job: Mapping[str, Any], condition_type: str) -> Mapping[str, Any] | None:
     for condition in (job.get("status") or {}).get("conditions") or []:
         if condition.get("type") == condition_type and condition.get("status") == "True":
             return dict(condition)
-    return None
-
-
-def pod_problem(pod: Mapping[str, Any]) -> str | None:
-    """Why a pod failed or cannot start, in the words the kubelet and our runtime used."""
-    status = pod.get("status") or {}
-    statuses = list(status.get("initContainerStatuses") or []) + list(
-        status.get("containerStatuses") or [])
-    for container in statuses:
-        name = container.get("name", "?")
-        for state_key in ("state", "lastState"):
-            state = container.get(state_key) or {}
-            terminated = state.get("terminated")
-            if terminated and terminated.get("exitCode", 0) != 0:
-                reason = terminated.get("reason") or "Error"
-                message = (terminated.get("message") or "").strip()
-                detail = f": {message}" if message else f" (exit code {terminated.get('exitCode')})"
-                return f"container {name} {reason}{detail}"
-        waiting = (container.get("state") or {}).get("waiting") or {}
-        if waiting.get("reason") in _PULL_FAILURES:
-            message = (waiting.get("message") or "").strip()
-            return f"container {name} {waiting['reason']}" + (f": {message}" if message else "")
-    if status.get("phase") == "Failed":
-        return status.get("message") or status.get("reason") or "pod failed"
     return None
 
 
@@ -125,6 +109,13 @@ def _resource_verdict(plan: NodePlan) -> Verdict:
                    "nodes with nvidia.com/gpu that match resource.labelSelector")
 
 
+def _newest_trouble(pods: Sequence[Mapping[str, Any]], now: float) -> PodTrouble | None:
+    """The trouble of the most recently created pod that has one."""
+    troubled = [pod for pod in pods if pod_trouble(pod, now) is not None]
+    pod = newest(troubled)
+    return pod_trouble(pod, now) if pod is not None else None
+
+
 def _tuning_verdicts(observed: Observed) -> tuple[Verdict, Verdict | None]:
     """(JobStarted, WorkspaceSucceeded or None while running)."""
     job = observed.job
@@ -135,22 +126,27 @@ def _tuning_verdicts(observed: Observed) -> tuple[Verdict, Verdict | None]:
     if job is None:
         return Verdict("False", "JobNotCreated", "waiting for GPU nodes before creating the "
                        "tuning Job"), None
-    problems = [problem for pod in observed.job_pods if (problem := pod_problem(pod))]
     failed = _job_condition(job, "Failed")
     if _job_condition(job, "Complete") or (job.get("status") or {}).get("succeeded"):
         return (Verdict("True", "JobStarted", "the tuning Job ran"),
                 Verdict("True", "TuningJobSucceeded", "the tuning Job finished and its "
                         "adapter is saved"))
     if failed:
-        message = problems[-1] if problems else (failed.get("message") or "the Job failed")
+        trouble = _newest_trouble(observed.job_pods, observed.now)
+        message = trouble.message if trouble is not None else (
+            failed.get("message") or "the Job failed")
         return (Verdict("True", "JobStarted", "the tuning Job ran"),
                 Verdict("False", "TuningJobFailed", message))
-    started = [pod for pod in observed.job_pods if _is_bound(pod)]
-    if problems:
-        # Still retrying (backoffLimit), but say why the last attempt failed.
-        return (Verdict("True" if started else "False", "JobRetrying", problems[-1]), None)
-    if started:
-        node = (started[-1].get("spec") or {}).get("nodeName")
+    current = newest(observed.job_pods)
+    trouble = pod_trouble(current, observed.now) if current is not None else None
+    if trouble is not None:
+        # The pod of this attempt cannot start, or it failed and the Job will retry
+        # (backoffLimit): JobStarted says which, in the kubelet's words.
+        reason = trouble.reason if trouble.is_start_failure or (
+            trouble.reason == REASON_OOM_KILLED) else "JobRetrying"
+        return Verdict("False", reason, trouble.message), None
+    if current is not None and _is_bound(current):
+        node = (current.get("spec") or {}).get("nodeName")
         return Verdict("True", "JobStarted", f"the tuning pod runs on node {node}"), None
     return Verdict("False", "JobPending", "the tuning Job's pod is not scheduled yet"), None
 
@@ -165,15 +161,19 @@ def _inference_verdict(observed: Observed) -> Verdict:
     ready = int((workload.get("status") or {}).get("readyReplicas", 0) or 0)
     if wanted and ready >= wanted:
         return Verdict("True", "InferenceReady", f"{kind} {name}: {ready}/{wanted} pods ready")
-    problems = [problem for pod in observed.workload_pods if (problem := pod_problem(pod))]
-    if problems:
-        return Verdict("False", "InferencePodFailing", f"{kind} {name}: {problems[-1]}")
+    trouble = _newest_trouble(observed.workload_pods, observed.now)
+    if trouble is not None:
+        return Verdict("False", trouble.reason,
+                       f"{kind} {name}: {ready}/{wanted} pods ready; {trouble.message}")
     return Verdict("False", "InferenceNotReady", f"{kind} {name}: {ready}/{wanted} pods ready")
 
 
 def plan_status(observed: Observed) -> StatusPlan:
     """Conditions and state for the observed workspace (pure)."""
     plan = StatusPlan()
+    waits = [wait for pod in observed.workload_pods
+             if (wait := probe_recheck_seconds(pod, observed.now)) is not None]
+    plan.recheck_after_seconds = min(waits) if waits else None
     resource = _resource_verdict(observed.nodes)
     plan.conditions[CONDITION_RESOURCE_READY] = resource
     if not observed.is_tuning:
@@ -196,7 +196,7 @@ def plan_status(observed: Observed) -> StatusPlan:
     if finished is None:
         plan.conditions[CONDITION_WORKSPACE_SUCCEEDED] = Verdict(
             "False", "TuningInProgress" if started.status == "True" else started.reason,
-            started.message if started.reason == "JobRetrying" else "tuning has not finished")
+            "tuning has not finished" if started.status == "True" else started.message)
         plan.conditions[CONDITION_WORKSPACE_READY] = Verdict(
             "False", "TuningInProgress", "the adapter is served once tuning succeeds")
         plan.state = STATE_RUNNING if started.status == "True" else STATE_PENDING

@@ -43,6 +43,7 @@ RESULTS_DIR = "/mnt/results"
 PUSH_SECRET_DIR = "/mnt/push-secret"
 PUSH_SECRET_KEY = ".dockerconfigjson"
 DATA_IMAGE_DIR = "/data"
+TUNER_CONTAINER = "tuner"  # its termination message is the run's final progress (JSON)
 EXIT_BAD_INPUT = 2  # runtime.tuning and runtime.fetch: retrying cannot help
 
 
@@ -149,7 +150,7 @@ def build_tuning_job(
             mounts.append({"name": "push-secret", "mountPath": PUSH_SECRET_DIR, "readOnly": True})
             args += ["--push-secret", f"{PUSH_SECRET_DIR}/{PUSH_SECRET_KEY}"]
 
-    tuner = runtime_container("tuner", settings, args=args, mounts=mounts)
+    tuner = runtime_container(TUNER_CONTAINER, settings, args=args, mounts=mounts)
     tuner["ports"] = [
         {"name": "progress", "containerPort": settings.progress_port, "protocol": "TCP"}
     ]

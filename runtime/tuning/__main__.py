@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+    write_termination_message(progress.final_summary())
     log.info(
         "tuning done",
         extra={"evaluation": result.get("evaluation"), "artifact": result.get("artifact")},

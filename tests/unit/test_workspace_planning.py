@@ -135,12 +135,13 @@ def test_tuning_states_from_pending_to_ready() -> None:
     [
         ({"state": {"terminated": {"exitCode": 2, "reason": "Error",
                                    "message": "data.csv row 3: empty value"}}},
-         "container tuner Error: data.csv row 3: empty value"),
+         "pod ? container tuner failed: Error (exit code 2): data.csv row 3: empty value"),
         ({"state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}},
-         "container tuner OOMKilled (exit code 137)"),
+         "pod ? container tuner was OOMKilled (exit code 137)"),
         ({"state": {"waiting": {"reason": "ImagePullBackOff",
                                 "message": "Back-off pulling image \"r/x:1\""}}},
-         "container tuner ImagePullBackOff: Back-off pulling image \"r/x:1\""),
+         ("pod ? container tuner cannot pull image ?: ImagePullBackOff: "
+          "Back-off pulling image \"r/x:1\"")),
     ],
 )
 def test_failed_tuning_says_why(container: dict[str, Any], expected: str) -> None:
