@@ -161,6 +161,10 @@ def test_tuning_runs_in_a_real_pod_and_reports_progress(
 ) -> None:
     assert tuned["progress"], "no status.tuning was seen while the Job ran"
     assert any(p.get("step") or p.get("phase") for p in tuned["progress"]), tuned["progress"]
+    # The run's final state, not the last progress read while it trained.
+    final = tuned["ready"]["status"]["tuning"]
+    assert final["phase"] == "succeeded", final
+    assert final["step"] == final["totalSteps"] and "etaSeconds" not in final, final
     pods = json.loads(real_env.kubectl(
         "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=tuning",
         "-o", "json").stdout)["items"]
