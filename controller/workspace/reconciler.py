@@ -13,8 +13,6 @@ finalizer.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -24,7 +22,7 @@ from typing import Any
 from controller.events import NORMAL, WARNING, EventRecorder
 from controller.informer import Informer
 from controller.kube.client import KubeClient
-from controller.kube.errors import AlreadyExists, Conflict, NotFound
+from controller.kube.errors import Conflict, NotFound
 from controller.kube.resources import (
     CONFIGMAPS,
     CONTROLLER_REVISIONS,
@@ -38,6 +36,7 @@ from controller.kube.resources import (
     KubeObject,
     ResourceType,
 )
+from controller.objects import ObjectWriter, annotation, with_hash
 from controller.reconcile import Request, Result
 from controller.workspace import inference as inference_builders
 from controller.workspace import tuning as tuning_builders
@@ -89,7 +88,6 @@ from presets.memory import DEFAULT_TUNING_SEQ_LEN, TuningShape
 log = logging.getLogger(__name__)
 
 FINALIZER = "workspace.kaito.sh/finalizer"
-DESIRED_HASH_ANNOTATION = "workspace.kaito.sh/desired-hash"
 # Upstream releases the nodes after tuning; here the adapter is served unless this is "false".
 SERVE_AFTER_TUNING_ANNOTATION = "kaito.sh/serve-after-tuning"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
@@ -128,26 +126,6 @@ class Informers:
     revisions: Informer
 
 
-def desired_hash(obj: Mapping[str, Any]) -> str:
-    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def with_hash(obj: KubeObject) -> KubeObject:
-    """A copy of ``obj`` annotated with the hash of ``obj``."""
-    metadata = dict(obj.get("metadata") or {})
-    metadata["annotations"] = {**(metadata.get("annotations") or {}),
-                               DESIRED_HASH_ANNOTATION: desired_hash(obj)}
-    return {**obj, "metadata": metadata}
-
-
-def _annotation(obj: Mapping[str, Any] | None, key: str) -> str | None:
-    if obj is None:
-        return None
-    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
-    return None if value is None else str(value)
-
-
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
@@ -176,7 +154,12 @@ class WorkspaceReconciler:
         self._superseded: dict[str, str] = {}
         self._metrics = metrics
         self._claims_resource = MACHINES if self._settings.use_machines else NODECLAIMS
-        self.writes = 0  # API writes made, for tests and the benchmark
+        self._objects = ObjectWriter(client)
+
+    @property
+    def writes(self) -> int:
+        """API writes made, for tests and the benchmark."""
+        return self._objects.writes
 
     async def close(self) -> None:
         await self._progress.close()
@@ -199,7 +182,7 @@ class WorkspaceReconciler:
             return await self._finalize(ws, obj)
         revision = revision_hash(ws)
         has_finalizer = FINALIZER in (ws.metadata.finalizers or [])
-        if not has_finalizer or _annotation(obj, REVISION_ANNOTATION) != revision:
+        if not has_finalizer or annotation(obj, REVISION_ANNOTATION) != revision:
             # One patch for both; the update it makes wakes the next pass.
             await self._record_revision(ws, obj, revision, add_finalizer=not has_finalizer)
             return Result()
@@ -236,7 +219,7 @@ class WorkspaceReconciler:
 
         namespace = ws.metadata.namespace or "default"
         name = ws.metadata.name or ""
-        serves_after_tuning = _annotation(obj, SERVE_AFTER_TUNING_ANNOTATION) != "false"
+        serves_after_tuning = annotation(obj, SERVE_AFTER_TUNING_ANNOTATION) != "false"
         target = 1 if is_tuning else max(1, (ws.resource.count if ws.resource else None) or 1)
         if is_tuning and not serves_after_tuning and self._tuned(namespace, name, revision):
             target = 0  # done and not served: the nodes go back, as upstream does
@@ -254,7 +237,7 @@ class WorkspaceReconciler:
         if target == 0:
             for claim in claims:
                 if not (claim.get("metadata") or {}).get("deletionTimestamp"):
-                    await self._delete(self._claims_resource, claim["metadata"]["name"], None)
+                    await self._objects.delete(self._claims_resource, claim["metadata"]["name"], None)
                     await self._recorder.record(
                         obj, NORMAL, "NodesReleased",
                         f"tuning finished: NodeClaim {claim['metadata']['name']} released",
@@ -273,12 +256,12 @@ class WorkspaceReconciler:
                                   seq_len=min(preset.context_length, DEFAULT_TUNING_SEQ_LEN)))
             sku = byo_sku
         for claim in node_plan.claims_to_create:
-            await self._create(self._claims_resource, claim)
+            await self._objects.create(self._claims_resource, claim)
             await self._recorder.record(obj, NORMAL, "NodeClaimCreated",
                                         f"NodeClaim {claim['metadata']['name']} created for "
                                         f"a {instance_type} node", action="Provision")
         for name in node_plan.claims_to_delete:
-            await self._delete(self._claims_resource, name, None)
+            await self._objects.delete(self._claims_resource, name, None)
             await self._recorder.record(obj, WARNING, "NodeClaimFailed",
                                         "; ".join(node_plan.failures), action="Provision")
 
@@ -327,11 +310,11 @@ class WorkspaceReconciler:
         if not any((item.get("metadata") or {}).get("name") == revision_name(ws, revision)
                    for item in mine):
             number = 1 + max((int(item.get("revision", 0)) for item in mine), default=0)
-            await self._create(CONTROLLER_REVISIONS, build_controller_revision(
+            await self._objects.create(CONTROLLER_REVISIONS, build_controller_revision(
                 ws, revision, number, owner_reference(ws), workspace_labels(ws)))
             mine.append({"metadata": {"name": revision_name(ws, revision)}, "revision": number})
         for old in revisions_to_prune(mine):
-            await self._delete(CONTROLLER_REVISIONS, old, namespace)
+            await self._objects.delete(CONTROLLER_REVISIONS, old, namespace)
         metadata: dict[str, Any] = {"annotations": {REVISION_ANNOTATION: revision},
                                     "resourceVersion": ws.metadata.resource_version}
         if add_finalizer:
@@ -348,11 +331,11 @@ class WorkspaceReconciler:
         namespace = ws.metadata.namespace or "default"
         name = ws.metadata.name or ""
         current = self._informers.jobs.cache.get(f"{namespace}/{name}")
-        if current is not None and _annotation(current, REVISION_ANNOTATION) != revision:
+        if current is not None and annotation(current, REVISION_ANNOTATION) != revision:
             # Input, output or config changed: a Job's pod template is immutable, so the
             # old Job goes and a new one is made on a later pass.
             if not (current.get("metadata") or {}).get("deletionTimestamp"):
-                await self._delete(JOBS, name, namespace)
+                await self._objects.delete(JOBS, name, namespace)
                 await self._recorder.record(obj, NORMAL, "TuningJobReplaced",
                                             "the tuning spec changed: the Job is re-run",
                                             action="Tune")
@@ -367,11 +350,11 @@ class WorkspaceReconciler:
             if problem is not None:
                 return None, problem
             config_name = str(config_map["metadata"]["name"])
-            await self._ensure(CONFIGMAPS, config_map, self._informers.configmaps)
+            await self._objects.ensure(CONFIGMAPS, config_map, self._informers.configmaps)
         job = tuning_builders.build_tuning_job(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
             config_map_name=config_name)
-        created = await self._create(JOBS, with_hash(job))
+        created = await self._objects.create(JOBS, with_hash(job))
         await self._recorder.record(obj, NORMAL, "TuningJobCreated",
                                     f"Job {name} created", action="Tune")
         return created, None
@@ -413,22 +396,22 @@ class WorkspaceReconciler:
         self, ws: Workspace, preset: Any, sku: Any, revision: str, node_count: int,
         adapters: list[Any],
     ) -> KubeObject | None:
-        await self._ensure(SERVICES, inference_builders.build_service(ws),
+        await self._objects.ensure(SERVICES, inference_builders.build_service(ws),
                            self._informers.services)
         if node_count > 1:
-            await self._ensure(SERVICES, inference_builders.build_headless_service(ws),
+            await self._objects.ensure(SERVICES, inference_builders.build_headless_service(ws),
                                self._informers.services)
         workload = inference_builders.build_inference_workload(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
             node_count=node_count, adapters=adapters)
         resource, informer = (DEPLOYMENTS, self._informers.deployments) if (
             workload["kind"] == "Deployment") else (STATEFULSETS, self._informers.statefulsets)
-        return await self._ensure(resource, workload, informer)
+        return await self._objects.ensure(resource, workload, informer)
 
     def _tuned(self, namespace: str, name: str, revision: str) -> bool:
         """Whether this revision's tuning Job has succeeded."""
         job = self._informers.jobs.cache.get(f"{namespace}/{name}")
-        return bool(job and _annotation(job, REVISION_ANNOTATION) == revision
+        return bool(job and annotation(job, REVISION_ANNOTATION) == revision
                     and (job.get("status") or {}).get("succeeded"))
 
     def _existing_workload(self, ws: Workspace) -> KubeObject | None:
@@ -441,64 +424,9 @@ class WorkspaceReconciler:
     def _pods(self, namespace: str, labels: Mapping[str, str]) -> list[KubeObject]:
         return self._informers.pods.cache.objects(namespace, labels=dict(labels))
 
-    async def _ensure(
-        self, resource: ResourceType, desired: KubeObject, informer: Informer
-    ) -> KubeObject:
-        """Create ``desired`` or update what exists when its desired hash differs."""
-        desired = with_hash(desired)
-        metadata = desired["metadata"]
-        key = f"{metadata.get('namespace')}/{metadata['name']}"
-        current = informer.cache.get(key)
-        if current is None:
-            return await self._create(resource, desired)
-        if _annotation(current, DESIRED_HASH_ANNOTATION) == metadata["annotations"][
-                DESIRED_HASH_ANNOTATION]:
-            return current
-        updated = dict(current)
-        for part in desired:
-            if part not in ("metadata", "status"):
-                updated[part] = desired[part]
-        if resource == SERVICES:  # allocated fields must be kept
-            spec = dict(desired.get("spec") or {})
-            for kept in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
-                if kept in (current.get("spec") or {}):
-                    spec[kept] = current["spec"][kept]
-            updated["spec"] = spec
-        current_meta = dict(current.get("metadata") or {})
-        current_meta["labels"] = {**(current_meta.get("labels") or {}),
-                                  **(metadata.get("labels") or {})}
-        current_meta["annotations"] = {**(current_meta.get("annotations") or {}),
-                                       **metadata["annotations"]}
-        updated["metadata"] = current_meta
-        self.writes += 1
-        replaced: KubeObject = await self._client.replace(resource, updated)
-        return replaced
-
-    async def _create(self, resource: ResourceType, obj: KubeObject) -> KubeObject:
-        self.writes += 1
-        try:
-            created: KubeObject = await self._client.create(resource, obj)
-            return created
-        except AlreadyExists:
-            metadata = obj["metadata"]
-            existing: KubeObject = await self._client.get(
-                resource, metadata["name"], metadata.get("namespace"))
-            return existing
-
-    async def _delete(self, resource: ResourceType, name: str, namespace: str | None) -> None:
-        self.writes += 1
-        try:
-            await self._client.request(
-                "DELETE", resource.path(namespace, name),
-                body={"apiVersion": "v1", "kind": "DeleteOptions",
-                      "propagationPolicy": "Background"})
-        except NotFound:
-            pass
-
     async def _patch_workspace(self, obj: KubeObject, patch: dict[str, Any]) -> None:
         metadata = obj.get("metadata") or {}
-        self.writes += 1
-        await self._client.patch(WORKSPACES, metadata["name"], patch, metadata.get("namespace"))
+        await self._objects.patch(WORKSPACES, metadata["name"], patch, metadata.get("namespace"))
         self._note_superseded(obj)
 
     def _note_superseded(self, obj: KubeObject) -> None:
@@ -576,9 +504,8 @@ class WorkspaceReconciler:
             return False
         body = dict(obj)
         body["status"] = status
-        self.writes += 1
         # A Conflict means a newer workspace is on its way: the retry reads it.
-        await self._client.replace_status(WORKSPACES, body)
+        await self._objects.replace_status(WORKSPACES, body)
         self._note_superseded(obj)
         if self._metrics is not None:
             self._metrics.observe_transitions(obj, current.get("conditions") or [],
@@ -618,9 +545,8 @@ class WorkspaceReconciler:
         if (obj.get("status") or {}).get("state") != STATE_DELETING:
             body = dict(obj)
             body["status"] = {**(obj.get("status") or {}), "state": STATE_DELETING}
-            self.writes += 1
             try:
-                await self._client.replace_status(WORKSPACES, body)
+                await self._objects.replace_status(WORKSPACES, body)
             except (Conflict, NotFound):
                 pass
         for resource, informer, child in (
@@ -632,11 +558,11 @@ class WorkspaceReconciler:
             current = informer.cache.get(f"{namespace}/{child}")
             if current is not None and not (current.get("metadata") or {}).get(
                     "deletionTimestamp"):
-                await self._delete(resource, child, namespace)
+                await self._objects.delete(resource, child, namespace)
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
         for claim in claims:
             if not (claim.get("metadata") or {}).get("deletionTimestamp"):
-                await self._delete(self._claims_resource, claim["metadata"]["name"], None)
+                await self._objects.delete(self._claims_resource, claim["metadata"]["name"], None)
         if claims:
             return Result(requeue_after_seconds=self._settings.deletion_poll_seconds)
         finalizers = [f for f in ws.metadata.finalizers or [] if f != FINALIZER]

@@ -9,7 +9,7 @@ import pytest
 
 from controller.workspace.nodes import claim_name, plan_nodes
 from controller.workspace.progress import progress_status, same_progress
-from controller.workspace.reconciler import desired_hash, with_hash
+from controller.objects import desired_hash, with_hash
 from controller.workspace.revision import revision_hash
 from controller.workspace.status import Observed, apply_conditions, plan_status
 from crds.workspace import Workspace
