@@ -5,8 +5,9 @@ processes, against our local ARM server (tests/e2e/provisioning_arm.py), which r
 every agent-pool PUT for the workspace's VM size with QuotaExceeded. Time is compressed
 through settings (the backoff starts at 2 s and is capped at 8 s; the provisioner's own
 "unavailable offerings" memory is off so that every attempt reaches ARM): over ~40 s of
-refusal, the PUTs and DELETEs ARM receives must be the backoff's count, spaced 2, 4, 8,
-8... s apart, and a controller restart must not start the backoff over.
+refusal, the PUTs ARM receives must be the backoff's count, spaced 2, 4, 8, 8... s apart,
+with no DELETE (a refused create made nothing to delete), and a controller restart must
+not start the backoff over.
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ def test_a_refused_claim_is_retried_with_capped_exponential_backoff(
 
     puts = [at for at in _calls(server, "PUT", pools) if at <= ended]
     deletes = [at for at in _calls(server, "DELETE", pools) if at <= ended]
+    gets = [at for at in _calls(server, "GET", pools) if at <= ended]
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(puts)]
     print(f"over {ended - started:.0f} s of refusal: {len(puts)} PUTs at gaps {gaps}, "
-          f"{len(deletes)} DELETEs; attempt {attempt_before} at the restart")
+          f"{len(deletes)} DELETEs, {len(gets)} GETs; attempt {attempt_before} at the restart")
     # The backoff's own count with no latency at all is the most there can be.
     most, clock = 1, _wait(1)
     while clock <= REFUSAL_SECONDS:
@@ -134,7 +136,10 @@ def test_a_refused_claim_is_retried_with_capped_exponential_backoff(
         # The refusal time has whole seconds (lastTransitionTime): up to 1 s early.
         assert gap >= _wait(attempt) - 1.1, (attempt, gaps)
     assert gaps[-1] >= MAX_SECONDS - 1.1 or len(gaps) < 3
-    assert len(deletes) <= len(puts)  # one per replaced claim, none on a resync
+    # A refused create made no pool: deleting the refused claim asks ARM nothing, and
+    # each attempt is one lookup (GET) and one create (PUT).
+    assert not deletes
+    assert len(gets) <= len(puts) + 1
     assert attempt_before >= 2 and _highest_attempt(cluster, namespace, name) > attempt_before
 
     def resource_ready() -> dict[str, Any]:
