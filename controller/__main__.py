@@ -23,6 +23,7 @@ from controller.leader import LeaderElectionLost, LeaseElector
 from controller.manager import Manager
 from controller.metrics import Metrics
 from controller.settings import ControllerSettings
+from controller.workspace.nodes import ClaimRetry
 from controller.workspace.reconciler import WorkspaceSettings
 from controller.workspace.setup import setup_workspace_controller
 from controller.workspace.workload import WorkloadSettings
@@ -119,6 +120,8 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
             progress_interval_seconds=options.progress_interval_seconds,
             operator_namespace=options.operator_namespace,
             hf_configs=HfConfigSource(options.hf_config_dirs, options.hf_endpoint),
+            claim_retry=ClaimRetry(base_seconds=options.claim_retry_base_seconds,
+                                   max_seconds=options.claim_retry_max_seconds),
         ),
     )
     return reconciler.close

@@ -56,6 +56,7 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         indexers: dict[str, IndexFunc] | None = None,
         transform: Transform | None = strip_managed_fields,
         metrics: Metrics | None = None,
@@ -73,6 +74,7 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.cache = Cache(indexers)
         self._client = client
         self._transform = transform
@@ -180,7 +182,7 @@ class Informer:
     async def _list(self) -> None:
         page = await self._client.list_all(
             self.resource, self.namespace, label_selector=self.label_selector,
-            page_size=self._page_size,
+            page_size=self._page_size, **self._field_selector_arg(),
         )
         objects = [self._prepare(obj) for obj in page.items]
         delta = self.cache.replace(objects)
@@ -218,6 +220,7 @@ class Informer:
                 resource_version=self._resource_version or "0",
                 label_selector=self.label_selector,
                 timeout_seconds=timeout_seconds,
+                **self._field_selector_arg(),
                 read_timeout_seconds=self._read_timeout_seconds,
             )
             async with contextlib.aclosing(stream):
@@ -245,6 +248,10 @@ class Informer:
         finally:
             self._stream_task = None
         return delivered > 0 or loop.time() - started >= 1.0
+
+    def _field_selector_arg(self) -> dict[str, str]:
+        # Only when set, so clients (and test doubles) without field selectors still work.
+        return {"field_selector": self.field_selector} if self.field_selector else {}
 
     def _prepare(self, obj: KubeObject) -> KubeObject:
         return self._transform(obj) if self._transform is not None else obj

@@ -13,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from controller.controller import Controller
-from controller.informer import Informer, InformerOptions
+from controller.informer import Informer, InformerOptions, Transform
 from controller.kube.client import KubeClient
 from controller.kube.resources import ResourceType
 from controller.leader import LeaderElectionLost, LeaseElector
@@ -50,7 +51,8 @@ class Manager:
         self._port = port
         self._graceful_shutdown_seconds = graceful_shutdown_seconds
         self._informer_options: InformerOptions = informer_options or {}
-        self._informers: dict[tuple[ResourceType, str | None, str | None], Informer] = {}
+        self._informers: dict[
+            tuple[ResourceType, str | None, str | None, str | None], Informer] = {}
         self._controllers: list[Controller] = []
         self._stop_requested: asyncio.Event | None = None
         self._is_stop_pending = False
@@ -65,14 +67,21 @@ class Manager:
         resource: ResourceType,
         namespace: str | None = None,
         label_selector: str | None = None,
+        *,
+        field_selector: str | None = None,
+        transform: Transform | None = None,
     ) -> Informer:
-        """The shared informer for this resource/namespace/selector (created once)."""
-        key = (resource, namespace, label_selector)
+        """The shared informer for this resource/namespace/selectors (created once; a
+        ``transform`` replaces the default one that strips managedFields, and is set by
+        whoever asks first)."""
+        key = (resource, namespace, label_selector, field_selector)
         informer = self._informers.get(key)
         if informer is None:
+            extra: dict[str, Any] = {} if transform is None else {"transform": transform}
             informer = Informer(
                 self.client, resource, namespace=namespace, label_selector=label_selector,
-                metrics=self.metrics, **self._informer_options,
+                field_selector=field_selector, metrics=self.metrics,
+                **self._informer_options, **extra,
             )
             self._informers[key] = informer
         return informer

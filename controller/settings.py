@@ -85,6 +85,16 @@ class WorkspaceControllerSettings(BaseModel):
     hf_config_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
     # A Hugging Face Hub endpoint such config.json files are read from otherwise (unset: none).
     hf_endpoint: str | None = None
+    # A NodeClaim the provisioner refused (quota, unknown instance type) is retried after
+    # this wait, doubling with each refusal up to the cap.
+    claim_retry_base_seconds: float = Field(default=10.0, gt=0)
+    claim_retry_max_seconds: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _retry_cap_covers_base(self) -> WorkspaceControllerSettings:
+        if self.claim_retry_max_seconds < self.claim_retry_base_seconds:
+            raise ValueError("claim_retry_max_seconds must be at least claim_retry_base_seconds")
+        return self
 
     @field_validator("fetch_allow_cidrs", "plain_http_registries", "hf_config_dirs",
                      mode="before")

@@ -23,6 +23,8 @@ NODEPOOL_LABEL = "karpenter.sh/nodepool"
 NODEPOOL_NAME = "kaito"
 WORKSPACE_LABEL = "kaito.sh/workspace"
 WORKSPACE_NAMESPACE_LABEL = "kaito.sh/workspacenamespace"
+# A node of the provisioner's pool backend: lent to a claim and given back, never deleted.
+POOL_LABEL = "kaito.sh/pool"
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 GPU_TAINT_KEY = "sku"
 GPU_TAINT_VALUE = "gpu"

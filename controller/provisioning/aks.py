@@ -182,8 +182,11 @@ class AksBackend:
                                         os_disk_size_gb=self._settings.os_disk_size_gb)
                 log.info("creating agent pool", extra={
                     "nodeclaim": claim.name, "agent_pool": pool_name, "vm_size": sku.name})
-                poller = await pools.begin_create_or_update(group, cluster, pool_name,
-                                                            AgentPool(body))
+                try:
+                    poller = await pools.begin_create_or_update(group, cluster, pool_name,
+                                                                AgentPool(body))
+                except HttpResponseError as error:
+                    return self._refused(claim, pool_name, error, made_nothing=True)
                 try:
                     async with asyncio.timeout(wait_seconds):
                         pool = await poller.result()
@@ -207,7 +210,10 @@ class AksBackend:
                            "its node", self._settings.polling_interval_seconds)
         return Launched(provider_id=str(provider_id), capacity=gpu_capacity(sku))
 
-    def _refused(self, claim: Claim, pool_name: str, error: HttpResponseError) -> LaunchOutcome:
+    def _refused(self, claim: Claim, pool_name: str, error: HttpResponseError, *,
+                 made_nothing: bool = False) -> LaunchOutcome:
+        """ARM's answer to an error; `made_nothing` when the create itself was refused
+        (no pool exists, so the claim's deletion need not ask ARM)."""
         code, message = arm_error(error)
         if error.status_code == 429:
             return Pending("Throttled", message or "throttled by Azure Resource Manager",
@@ -216,7 +222,7 @@ class AksBackend:
             raise CloudUnavailable(f"agent pool {pool_name}: {code}: {message}") from error
         log.warning("agent pool refused", extra={
             "nodeclaim": claim.name, "agent_pool": pool_name, "code": code, "error": message})
-        return LaunchFailed(code, message)
+        return LaunchFailed(code, message, made_nothing=made_nothing)
 
     async def delete(self, claim: Claim) -> bool:
         pool_name = agent_pool_name(claim.name)

@@ -40,10 +40,13 @@ class Pending:
 
 @dataclass(frozen=True)
 class LaunchFailed:
-    """The cloud refused; `reason` is its error code (QuotaExceeded, SkuNotAvailable...)."""
+    """The cloud refused; `reason` is its error code (QuotaExceeded, SkuNotAvailable...).
+    `made_nothing`: the refusal came before anything was made (a refused create), so
+    deleting the claim needs no cloud call."""
 
     reason: str
     message: str
+    made_nothing: bool = False
 
 
 LaunchOutcome = Launched | Pending | LaunchFailed

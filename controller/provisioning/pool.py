@@ -28,11 +28,11 @@ from controller.provisioning.claims import (
     taint_key,
 )
 from controller.provisioning.metrics import ProvisioningMetrics
+from crds.karpenter import POOL_LABEL
 from presets.catalog import GpuSku
 
 log = logging.getLogger(__name__)
 
-POOL_LABEL = "kaito.sh/pool"
 ORIGINAL_ANNOTATION = "kaito.sh/pool-original-labels"
 INITIALIZED_LABEL = "karpenter.sh/initialized"
 PROVIDER_PREFIX = "pool://"

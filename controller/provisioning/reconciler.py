@@ -6,8 +6,11 @@ Registered (a node with the claim's label joined; its labels and taints are sync
 Initialized (the node is Ready and reports its GPUs) → Ready. A launch or registration
 that outlasts its time-out ends with a False condition naming the cause and the claim
 deleted, so its owner makes a new one. A refused launch (quota, capacity) is a False
-condition and is not retried: the owner decides. Deletion removes the cloud capacity,
-then the node, then the finalizer. Status is written only when it changed.
+condition and is not retried: the owner decides. A refusal that made nothing (the
+create itself refused, or an instance type nobody offers) is marked on the claim
+(``kaito.sh/nothing-launched``), so deleting it asks the cloud nothing: a claim refused
+and replaced with backoff costs one cloud create per attempt. Deletion removes the cloud
+capacity, then the node, then the finalizer. Status is written only when it changed.
 """
 
 from __future__ import annotations
@@ -47,6 +50,9 @@ from controller.reconcile import Request, Result
 from presets.catalog import Catalog
 
 log = logging.getLogger(__name__)
+
+# On a claim whose launch was refused before anything was made: no cloud delete needed.
+NOTHING_LAUNCHED_ANNOTATION = "kaito.sh/nothing-launched"
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,9 @@ class ClaimReconciler:
                 self._observe_ready(claim)
                 await self._events.record(obj, NORMAL, "Ready",
                                           f"node {status.get('nodeName')} is Ready")
+        if result.made_nothing and not _made_nothing(obj):
+            await self._client.patch(self._resource, claim.name, {"metadata": {
+                "annotations": {NOTHING_LAUNCHED_ANNOTATION: "true"}}})
         return result.outcome
 
     async def _advance(
@@ -141,7 +150,7 @@ class ClaimReconciler:
                     f"instance type {claim.instance_type!r} is not a known GPU SKU", now)
                 await self._events.record(obj, WARNING, "InstanceTypeUnknown",
                                           f"unknown instance type {claim.instance_type!r}")
-                return _Step(conditions, Result())
+                return _Step(conditions, Result(), made_nothing=True)
             remembered = self._offerings.refusal(sku.name)
             outcome = remembered or await self._backend.launch(
                 claim, sku, wait_seconds=settings.launch_timeout_seconds - (now - created))
@@ -160,7 +169,9 @@ class ClaimReconciler:
                 await self._events.record(obj, WARNING, outcome.reason, outcome.message)
                 conditions = with_condition(conditions, LAUNCHED, "False", outcome.reason,
                                             outcome.message, now)
-                return _Step(conditions, Result())
+                # A remembered refusal asked the cloud nothing for this claim.
+                return _Step(conditions, Result(),
+                             made_nothing=remembered is not None or outcome.made_nothing)
             assert isinstance(outcome, Launched)
             status["providerID"] = outcome.provider_id
             status["capacity"] = dict(outcome.capacity)
@@ -229,7 +240,7 @@ class ClaimReconciler:
     async def _finalize(self, claim: Claim, obj: KubeObject) -> Result:
         if FINALIZER not in claim.finalizers:
             return Result()
-        if not await self._backend.delete(claim):
+        if not _made_nothing(obj) and not await self._backend.delete(claim):
             return Result(requeue_after_seconds=self._settings.recheck_seconds)
         node = self.node_for(claim.name)
         names = {claim.node_name, (node or {}).get("metadata", {}).get("name")} - {None}
@@ -263,6 +274,12 @@ class _Step:
     conditions: Conditions
     outcome: Result
     deleted: bool = False
+    made_nothing: bool = False  # refused before anything was made in the cloud
+
+
+def _made_nothing(obj: KubeObject) -> bool:
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+    return bool(annotations.get(NOTHING_LAUNCHED_ANNOTATION) == "true")
 
 
 def _condition(conditions: Conditions, condition_type: str) -> dict[str, Any] | None:

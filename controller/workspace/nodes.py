@@ -14,8 +14,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from crds.karpenter import (
@@ -24,6 +25,7 @@ from crds.karpenter import (
     INSTANCE_TYPE_LABEL,
     NODEPOOL_LABEL,
     NODEPOOL_NAME,
+    POOL_LABEL,
     WORKSPACE_LABEL,
     WORKSPACE_NAMESPACE_LABEL,
 )
@@ -40,6 +42,9 @@ GFD_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # GPUs without bfloat16 (compute capability below 8.0).
 _NO_BF16 = re.compile(r"V100|T4|P100|P40|K80|M60", re.IGNORECASE)
 CLAIM_NAME_PREFIX = "ws"
+# Which attempt at a node a claim is (1 when absent): what the retry backoff counts from,
+# kept on the claim so a restarted controller does not start the backoff over.
+ATTEMPT_ANNOTATION = "kaito.sh/nodeclaim-attempt"
 # Where a claim's failure shows: the provider sets Launched=False with a reason.
 CLAIM_CONDITIONS = ("Launched", "Registered", "Initialized", "Ready")
 
@@ -116,13 +121,49 @@ def _name(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("name", ""))
 
 
-def usable_nodes(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Names of Ready GPU nodes matching the workspace's selector, sorted."""
+def owning_workspace(obj: Mapping[str, Any]) -> tuple[str | None, str] | None:
+    """(namespace or None, name) of the workspace a node or claim was made for, from its
+    labels; None for a node nobody claimed (brought by the user)."""
+    labels = _labels(obj)
+    name = labels.get(WORKSPACE_LABEL)
+    if not name:
+        return None
+    return labels.get(WORKSPACE_NAMESPACE_LABEL), name
+
+
+def is_made_for_another(node: Mapping[str, Any], namespace: str | None, name: str | None
+                        ) -> bool:
+    """Whether the node was made for a claim of a workspace other than namespace/name."""
+    owner = owning_workspace(node)
+    if owner is None:
+        return False
+    owner_namespace, owner_name = owner
+    return owner_name != name or owner_namespace not in (None, namespace)
+
+
+def is_anothers_node(ws: Workspace, node: Mapping[str, Any]) -> bool:
+    """Whether the node was made for another workspace's claim (never ours to use: it goes
+    away with that claim). A pool node is only lent to the claim and is never deleted, so
+    its free GPUs stay shared capacity, as on the real-node tier's one GPU node."""
+    if _labels(node).get(POOL_LABEL) == "true":
+        return False
+    return is_made_for_another(node, ws.metadata.namespace, ws.metadata.name)
+
+
+def candidate_nodes(ws: Workspace, nodes: Iterable[Mapping[str, Any]]
+                    ) -> list[Mapping[str, Any]]:
+    """Ready GPU nodes that match the workspace's selector and were not made for another
+    workspace, whatever their pods use; sorted by name."""
     selector = ws.resource.label_selector if ws.resource else None
-    return sorted(
-        _name(node) for node in nodes
-        if is_node_ready(node) and node_gpus(node) > 0 and selector_matches(selector, _labels(node))
-    )
+    return sorted((node for node in nodes
+                   if is_node_ready(node) and node_gpus(node) > 0
+                   and selector_matches(selector, _labels(node))
+                   and not is_anothers_node(ws, node)), key=_name)
+
+
+def usable_nodes(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Names of the candidate nodes (Ready, GPUs, selector, not another's), sorted."""
+    return [_name(node) for node in candidate_nodes(ws, nodes)]
 
 
 def build_node_claim(
@@ -190,8 +231,7 @@ def node_gpu_sku(node: Mapping[str, Any]) -> GpuSku | None:
 def nodes_gpu_sku(ws: Workspace, nodes: Iterable[Mapping[str, Any]]) -> GpuSku | None:
     """The smallest GPU configuration among the usable nodes (what every pod can count on),
     or None when none carries the GPU labels."""
-    usable = set(usable_nodes(ws, nodes := list(nodes)))
-    skus = [sku for node in nodes if _name(node) in usable
+    skus = [sku for node in candidate_nodes(ws, nodes)
             if (sku := node_gpu_sku(node)) is not None]
     if not skus:
         return None
@@ -237,6 +277,51 @@ def byo_fit_problem(
             f"({sku.gpu_memory_gib:.1f}Gi each) have {have:.0f}Gi")
 
 
+@dataclass(frozen=True)
+class ClaimRetry:
+    """Exponential, capped backoff between attempts at a refused claim: attempt ``n``
+    (1 = the first claim) is followed, after its refusal, by a wait of
+    ``base * 2**(n-1)`` seconds, at most ``max_seconds``."""
+
+    base_seconds: float = 10.0
+    max_seconds: float = 600.0
+
+    def wait_seconds(self, attempt: int) -> float:
+        return float(min(self.max_seconds,
+                         self.base_seconds * 2.0 ** min(max(attempt, 1) - 1, 60)))
+
+
+def claim_attempt(claim: Mapping[str, Any]) -> int:
+    """Which attempt the claim is (its annotation; a claim without one is the first)."""
+    value = ((claim.get("metadata") or {}).get("annotations") or {}).get(ATTEMPT_ANNOTATION)
+    return max(1, _quantity(value))
+
+
+def claim_failed_at(claim: Mapping[str, Any]) -> float | None:
+    """When the provider refused the claim: its failed condition's lastTransitionTime."""
+    for condition_type in CLAIM_CONDITIONS:
+        condition = claim_condition(claim, condition_type)
+        if condition is not None and condition.get("status") == "False":
+            return parse_timestamp(condition.get("lastTransitionTime"))
+    return None
+
+
+def parse_timestamp(value: Any) -> float | None:
+    if not value:
+        return None
+    try:
+        stamp = datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=UTC)
+    return stamp.timestamp()
+
+
+def format_timestamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 @dataclass
 class NodePlan:
     """What to do about nodes for one workspace."""
@@ -244,10 +329,18 @@ class NodePlan:
     target_node_count: int
     worker_nodes: list[str] = field(default_factory=list)  # Ready nodes in use
     claims_to_create: list[dict[str, Any]] = field(default_factory=list)
-    claims_to_delete: list[str] = field(default_factory=list)  # failed: recreated next time
+    claims_to_delete: list[str] = field(default_factory=list)  # failed, their wait over
     pending_claims: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     fit_problem: str | None = None  # bring-your-own nodes too small for the workload
+    # Matching nodes that are not capacity for this workspace, and why ("n1: 0 of 1 GPU
+    # free"); what a waiting workspace's condition names.
+    busy_nodes: list[str] = field(default_factory=list)
+    gpus_per_pod: int = 1
+    # A refused claim kept until its backoff ends: the attempt it was, when the next one is.
+    failed_attempt: int = 0
+    retry_at: float | None = None
+    retry_attempt: int = 0  # the highest attempt among the claims in flight or made now
 
     @property
     def is_ready(self) -> bool:
@@ -263,46 +356,97 @@ def plan_nodes(
     claims: Iterable[Mapping[str, Any]],
     can_provision: bool = True,
     claim_kind: str = "NodeClaim",
+    gpus_per_pod: int = 1,
+    gpus_used: Mapping[str, int] | None = None,
+    nodes_in_use: Collection[str] = (),
+    now: float = 0.0,
+    retry: ClaimRetry | None = None,
 ) -> NodePlan:
     """Which nodes to use and which claims to create or delete (pure).
 
-    ``claims`` are this workspace's claims (by label). A Ready node counts whether it is
-    brought by the user or made for one of our claims. A claim whose provider reported a
-    failure is deleted (and made again on a later pass, under the same name once the old
-    one is gone), and its reason is kept for the ResourceReady condition.
+    ``claims`` are this workspace's claims (by label). A Ready GPU node matching the
+    selector counts when it was not made for another workspace and its free GPUs
+    (allocatable minus ``gpus_used``, the requests of other pods bound to it) cover
+    ``gpus_per_pod``; the nodes this workspace's pods already run on (``nodes_in_use``)
+    come first, then the ones made for its claims, then the rest by name.
+
+    A claim the provider refused stays until its backoff (``retry``, from its attempt
+    annotation and its condition's lastTransitionTime, compared with ``now``) ends: it
+    holds its slot, so nothing is recreated meanwhile. Then it is deleted and a new
+    claim, one attempt further, is made under a free name in the same pass.
     """
+    retry = retry or ClaimRetry()
+    used = gpus_used or {}
     node_list = list(nodes)
-    plan = NodePlan(target_node_count=target_node_count)
-    plan.worker_nodes = usable_nodes(ws, node_list)[:target_node_count]
-    ready_names = set(plan.worker_nodes)
     claim_list = sorted(claims, key=_name)
+    plan = NodePlan(target_node_count=target_node_count, gpus_per_pod=gpus_per_pod)
+    claimed_nodes = {str((c.get("status") or {}).get("nodeName")) for c in claim_list
+                     if (c.get("status") or {}).get("nodeName")}
+    usable: list[tuple[int, str]] = []
+    selector = ws.resource.label_selector if ws.resource else None
+    for node in sorted(node_list, key=_name):
+        name = _name(node)
+        if not (is_node_ready(node) and node_gpus(node) > 0
+                and selector_matches(selector, _labels(node))):
+            continue
+        if is_anothers_node(ws, node):
+            owner = owning_workspace(node) or (None, "")
+            plan.busy_nodes.append(f"{name} (made for workspace {owner[0]}/{owner[1]})")
+            continue
+        free = node_gpus(node) - used.get(name, 0)
+        if free < gpus_per_pod and name not in nodes_in_use:
+            plan.busy_nodes.append(f"{name} ({max(free, 0)} of {node_gpus(node)} GPU(s) free)")
+            continue
+        rank = 0 if name in nodes_in_use else 1 if name in claimed_nodes else 2
+        usable.append((rank, name))
+    plan.worker_nodes = [name for _, name in sorted(usable)][:target_node_count]
     live_claims: list[Mapping[str, Any]] = []
+    waiting_failed = 0
+    highest_failed_attempt = 0
     for claim in claim_list:
         failure = claim_failure(claim)
-        if failure is not None:
-            plan.failures.append(failure)
-            if not (claim.get("metadata") or {}).get("deletionTimestamp"):
-                plan.claims_to_delete.append(_name(claim))
+        if failure is None:
+            live_claims.append(claim)
             continue
-        live_claims.append(claim)
+        attempt = claim_attempt(claim)
+        highest_failed_attempt = max(highest_failed_attempt, attempt)
+        plan.failures.append(failure)
+        if (claim.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        failed_at = claim_failed_at(claim)
+        next_try = None if failed_at is None else failed_at + retry.wait_seconds(attempt)
+        if next_try is not None and now < next_try and can_provision:
+            waiting_failed += 1  # holds its slot until its backoff ends
+            plan.failed_attempt = max(plan.failed_attempt, attempt)
+            plan.retry_at = next_try if plan.retry_at is None else min(plan.retry_at, next_try)
+            continue
+        plan.claims_to_delete.append(_name(claim))
     existing = {_name(claim) for claim in claim_list}
-    claimed_node_ready = [
-        claim for claim in live_claims
-        if (claim.get("status") or {}).get("nodeName") in ready_names
-    ]
-    missing = target_node_count - len(plan.worker_nodes)
-    # Claims already asked for but not yet Ready cover part of what is missing.
-    in_flight = [claim for claim in live_claims if claim not in claimed_node_ready]
+    # A claim whose node is Ready is settled (that node counts above, or is full);
+    # the others are still coming and cover part of what is missing.
+    ready_names = _ready_names(node_list)
+    in_flight = [claim for claim in live_claims
+                 if (claim.get("status") or {}).get("nodeName") not in ready_names]
     plan.pending_claims = [_name(claim) for claim in in_flight]
-    missing -= len(in_flight)
+    plan.retry_attempt = max((claim_attempt(claim) for claim in in_flight), default=0)
+    missing = target_node_count - len(plan.worker_nodes) - len(in_flight) - waiting_failed
     if missing <= 0 or not can_provision or instance_type is None:
         return plan
+    attempt = highest_failed_attempt + 1
+    plan.retry_attempt = max(plan.retry_attempt, attempt)
     index = 0
     while missing > 0:
         name = claim_name(ws, index)
         index += 1
         if name in existing:
             continue  # taken by a live claim, or by a failed one still being deleted
-        plan.claims_to_create.append(build_node_claim(ws, instance_type, name, claim_kind))
+        made = build_node_claim(ws, instance_type, name, claim_kind)
+        if attempt > 1:
+            made["metadata"]["annotations"] = {ATTEMPT_ANNOTATION: str(attempt)}
+        plan.claims_to_create.append(made)
         missing -= 1
     return plan
+
+
+def _ready_names(nodes: Iterable[Mapping[str, Any]]) -> set[str]:
+    return {_name(node) for node in nodes if is_node_ready(node)}

@@ -40,14 +40,23 @@ from controller.objects import ObjectWriter, annotation, with_hash
 from controller.reconcile import Request, Result
 from controller.workspace import inference as inference_builders
 from controller.workspace import tuning as tuning_builders
+from controller.workspace.capacity import (
+    NODE_NAME_INDEX,
+    container_gpus,
+    gpus_used_by_others,
+    nodes_with_pods_of,
+)
 from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import (
+    ClaimRetry,
     byo_fit_problem,
     byo_node_count,
+    claim_attempt,
     claim_labels,
     nodes_gpu_sku,
     partition_sku,
     plan_nodes,
+    usable_nodes,
 )
 from controller.workspace.pods import final_progress
 from controller.workspace.progress import ProgressReader, progress_status, same_progress
@@ -68,6 +77,7 @@ from controller.workspace.status import (
 from controller.workspace.workload import (
     REVISION_ANNOTATION,
     WorkloadSettings,
+    gpu_resources,
     owner_reference,
     workspace_labels,
 )
@@ -108,6 +118,8 @@ class WorkspaceSettings:
     deletion_poll_seconds: float = 2.0
     operator_namespace: str = "kaito-system"  # where lora-/qlora-params-template live
     hf_configs: HfConfigSource | None = None  # config.json of best-effort presets
+    # Waits between attempts at a NodeClaim the provider refused (doubling, capped).
+    claim_retry: ClaimRetry = field(default_factory=ClaimRetry)
 
 
 @dataclass
@@ -124,6 +136,7 @@ class Informers:
     pods: Informer
     configmaps: Informer
     revisions: Informer
+    bound_pods: Informer  # every bound, running pod, projected (GPU accounting)
 
 
 def _now() -> str:
@@ -242,13 +255,23 @@ class WorkspaceReconciler:
                         obj, NORMAL, "NodesReleased",
                         f"tuning finished: NodeClaim {claim['metadata']['name']} released",
                         action="Provision")
+        if sku is None and ws.resource is not None and ws.resource.partition is not None:
+            sku = partition_sku(ws)  # the pod asks for its partitions, not whole GPUs
+        pod_sku = byo_sku if byo_sku is not None and target > 0 else sku
+        bound_pods = [pod for node_name in usable_nodes(ws, nodes)
+                      for pod in self._informers.bound_pods.cache.by_index(
+                          NODE_NAME_INDEX, node_name)]
         node_plan = plan_nodes(ws, target_node_count=target, instance_type=instance_type,
                                nodes=nodes, claims=claims,
                                can_provision=self._settings.can_provision,
                                claim_kind="Machine" if self._settings.use_machines
-                               else "NodeClaim")
-        if sku is None and ws.resource is not None and ws.resource.partition is not None:
-            sku = partition_sku(ws)  # the pod asks for its partitions, not whole GPUs
+                               else "NodeClaim",
+                               gpus_per_pod=container_gpus(gpu_resources(pod_sku)),
+                               gpus_used=gpus_used_by_others(
+                                   bound_pods, namespace=namespace, name=name),
+                               nodes_in_use=nodes_with_pods_of(
+                                   bound_pods, namespace=namespace, name=name),
+                               now=time.time(), retry=self._settings.claim_retry)
         if byo_sku is not None and target > 0:
             node_plan.fit_problem = byo_fit_problem(
                 preset, byo_sku, is_tuning=is_tuning, node_count=target,
@@ -257,13 +280,14 @@ class WorkspaceReconciler:
             sku = byo_sku
         for claim in node_plan.claims_to_create:
             await self._objects.create(self._claims_resource, claim)
-            await self._recorder.record(obj, NORMAL, "NodeClaimCreated",
-                                        f"NodeClaim {claim['metadata']['name']} created for "
-                                        f"a {instance_type} node", action="Provision")
-        for name in node_plan.claims_to_delete:
-            await self._objects.delete(self._claims_resource, name, None)
-            await self._recorder.record(obj, WARNING, "NodeClaimFailed",
-                                        "; ".join(node_plan.failures), action="Provision")
+            attempt = claim_attempt(claim)
+            await self._recorder.record(
+                obj, NORMAL, "NodeClaimCreated",
+                f"NodeClaim {claim['metadata']['name']} created for a {instance_type} node"
+                + (f" (attempt {attempt})" if attempt > 1 else ""), action="Provision")
+        for claim_to_delete in node_plan.claims_to_delete:
+            # A refused claim whose backoff is over: its replacement was made above.
+            await self._objects.delete(self._claims_resource, claim_to_delete, None)
 
         observed = Observed(nodes=node_plan, is_tuning=is_tuning,
                             serves_after_tuning=serves_after_tuning, now=time.time())
@@ -293,6 +317,8 @@ class WorkspaceReconciler:
         if changed:
             await self._record_transitions(obj, status_plan)
         waits = [wait for wait in (requeue, status_plan.recheck_after_seconds) if wait is not None]
+        if node_plan.retry_at is not None:  # look again when the backoff ends
+            waits.append(max(0.0, node_plan.retry_at - time.time()) + 0.5)
         if waits:
             return Result(requeue_after_seconds=min(waits))
         return Result()

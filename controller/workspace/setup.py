@@ -3,7 +3,11 @@
 Children the controller makes carry the ``kaito.sh/workspace`` label, so every child
 informer is filtered by it and never caches the rest of the cluster; Nodes are watched
 whole (bring-your-own nodes carry no label of ours) and a node change wakes the
-workspaces whose selector it matches.
+workspaces whose selector it matches. Which GPUs of a node are taken comes from one more
+pod informer: every bound, non-terminated pod in the cluster (a field selector, so
+finished pods leave it), cut down by a transform to its node and GPU requests. A GPU pod
+binding to or leaving a node wakes the workspaces that may now fit, or no longer fit,
+there: those waiting for nodes, and those with a pod not scheduled yet.
 """
 
 from __future__ import annotations
@@ -26,18 +30,28 @@ from controller.kube.resources import (
     SERVICES,
     STATEFULSETS,
     WORKSPACES,
+    KubeObject,
 )
 from controller.manager import Manager
-from controller.predicates import Event
+from controller.predicates import Event, EventType
 from controller.reconcile import Request
+from controller.workspace.capacity import (
+    BOUND_PODS_FIELD_SELECTOR,
+    NODE_NAME_INDEX,
+    index_by_node_name,
+    pod_gpu_request,
+    project_bound_pod,
+)
 from controller.workspace.metrics import WorkspaceMetrics
-from controller.workspace.nodes import selector_matches
+from controller.workspace.nodes import is_made_for_another, selector_matches
 from controller.workspace.reconciler import Informers, WorkspaceReconciler, WorkspaceSettings
 from crds.karpenter import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
 from crds.meta import LabelSelector
+from crds.workspace import CONDITION_RESOURCE_READY
 from presets.catalog import Catalog, load_catalog
 
 CONTROLLER_NAME = "workspace"
+UNBOUND_INDEX = "unbound"  # the workspace pods not scheduled yet
 REPORTING_CONTROLLER = "kaito.sh/workspace-controller"
 
 
@@ -53,6 +67,15 @@ def _node_facts(node: Mapping[str, Any]) -> tuple[Any, ...]:
     return (_labels(node), spec.get("taints"), spec.get("unschedulable"),
             status.get("allocatable"), status.get("capacity"), ready,
             (node.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _index_unbound(pod: KubeObject) -> list[str]:
+    return [] if (pod.get("spec") or {}).get("nodeName") else ["true"]
+
+
+def _resource_ready(ws: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == CONDITION_RESOURCE_READY and c.get("status") == "True"
+               for c in (ws.get("status") or {}).get("conditions") or [])
 
 
 def node_matters(event: Event) -> bool:
@@ -101,7 +124,12 @@ def setup_workspace_controller(
         pods=manager.informer(PODS, namespace, selector),
         configmaps=manager.informer(CONFIGMAPS, namespace, selector),
         revisions=manager.informer(CONTROLLER_REVISIONS, namespace, selector),
+        # Cluster wide even when one namespace is watched: others' pods take GPUs too.
+        bound_pods=manager.informer(PODS, field_selector=BOUND_PODS_FIELD_SELECTOR,
+                                    transform=project_bound_pod),
     )
+    informers.bound_pods.cache.add_indexer(NODE_NAME_INDEX, index_by_node_name)
+    informers.pods.cache.add_indexer(UNBOUND_INDEX, _index_unbound)
     metrics = WorkspaceMetrics(manager.metrics.registry, informers.workspaces.cache.objects)
     recorder = EventRecorder(manager.client, REPORTING_CONTROLLER, identity)
     manager.add_closer(recorder.close)
@@ -132,5 +160,40 @@ def setup_workspace_controller(
         return found
 
     controller.watch(informers.nodes, workspaces_for_node)
+
+    def workspaces_for_gpu_pod(event: Event) -> list[Request]:
+        """A GPU pod bound to a node (create) or gone from it (delete): the workspaces
+        whose plan for that node may change."""
+        if event.type not in (EventType.CREATE, EventType.DELETE):
+            return []  # a bound pod's node and requests do not change
+        if pod_gpu_request(event.obj) <= 0:
+            return []
+        node_name = (event.obj.get("spec") or {}).get("nodeName")
+        node = informers.nodes.cache.get(str(node_name)) if node_name else None
+        if node is None:
+            return []
+        pod_meta = event.obj.get("metadata") or {}
+        owner = (pod_meta.get("namespace"), _labels(event.obj).get(WORKSPACE_LABEL))
+        unsettled = set()
+        for key in informers.pods.cache.index_keys(UNBOUND_INDEX, "true"):
+            pod = informers.pods.cache.get(key)
+            if pod is not None:
+                unsettled.add(((pod.get("metadata") or {}).get("namespace"),
+                               _labels(pod).get(WORKSPACE_LABEL)))
+        found: list[Request] = []
+        for ws in informers.workspaces.cache.objects():
+            metadata = ws["metadata"]
+            identity = (metadata.get("namespace"), metadata.get("name"))
+            if identity == owner or not (identity in unsettled or not _resource_ready(ws)):
+                continue
+            raw = ((ws.get("resource") or {}).get("labelSelector")) or {}
+            if not selector_matches(LabelSelector.model_validate(raw), _labels(node)):
+                continue
+            if is_made_for_another(node, *identity):
+                continue
+            found.append(Request(name=metadata["name"], namespace=metadata["namespace"]))
+        return found
+
+    controller.watch(informers.bound_pods, workspaces_for_gpu_pod)
     manager.add_controller(controller)
     return controller, reconciler

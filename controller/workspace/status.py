@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.workspace.nodes import NodePlan
+from controller.workspace.nodes import NodePlan, format_timestamp
 from controller.workspace.pods import (
     REASON_OOM_KILLED,
     PodTrouble,
@@ -95,15 +95,29 @@ def _resource_verdict(plan: NodePlan) -> Verdict:
     if plan.is_ready:
         names = ", ".join(plan.worker_nodes)
         return Verdict("True", "NodesReady", f"{len(plan.worker_nodes)} GPU node(s) ready: {names}")
+    have, want = len(plan.worker_nodes), plan.target_node_count
+    if plan.retry_at is not None:
+        return Verdict("False", "NodeClaimFailed", (
+            f"node provisioning failed (attempt {plan.failed_attempt}): "
+            + "; ".join(plan.failures)
+            + f"; next try at {format_timestamp(plan.retry_at)}"))
+    claims = ", ".join(plan.pending_claims + [
+        str(c["metadata"]["name"]) for c in plan.claims_to_create])
+    attempt = f" (attempt {plan.retry_attempt})" if plan.retry_attempt > 1 else ""
     if plan.failures:
         return Verdict("False", "NodeClaimFailed",
-                       "node provisioning failed, retrying: " + "; ".join(plan.failures))
-    have, want = len(plan.worker_nodes), plan.target_node_count
-    if plan.pending_claims or plan.claims_to_create:
-        claims = ", ".join(plan.pending_claims + [
-            str(c["metadata"]["name"]) for c in plan.claims_to_create])
+                       "node provisioning failed, retrying: " + "; ".join(plan.failures)
+                       + (f"; waiting for NodeClaim(s) {claims}{attempt}" if claims else ""))
+    if claims:
         return Verdict("False", "NodeClaimNotReady",
-                       f"{have}/{want} GPU nodes ready; waiting for NodeClaim(s) {claims}")
+                       f"{have}/{want} GPU nodes ready; waiting for NodeClaim(s) {claims}"
+                       + attempt)
+    if plan.busy_nodes:
+        return Verdict("False", "GPUsInUse", (
+            f"{have}/{want} GPU nodes ready and node provisioning is off: waiting for a "
+            f"matching node with {plan.gpus_per_pod} free GPU(s) per pod; the matching "
+            f"nodes are taken: {', '.join(plan.busy_nodes)}. Free their GPUs, or add Ready "
+            "nodes with nvidia.com/gpu that match resource.labelSelector"))
     return Verdict("False", "NodesNotFound",
                    f"{have}/{want} GPU nodes ready and node provisioning is off: add Ready "
                    "nodes with nvidia.com/gpu that match resource.labelSelector")

@@ -275,3 +275,47 @@ def test_a_broken_template_is_reported_not_run(
              timeout=120)
     assert "output_dir" in job_started()["message"]
     assert _get(cluster, "job", name, "-n", namespace) is None
+
+
+def test_a_node_whose_gpu_another_workspace_holds_makes_the_next_one_wait_and_say_why(
+    cluster: LocalCluster, cluster_namespace: str, byo_controller: ComponentProcess
+) -> None:
+    """With provisioning off, a second workspace on the same labelled node (its one GPU
+    held by the first one's pod) is not ResourceReady: the condition says it waits, for
+    which node and how many GPUs; when the first workspace goes, the second one runs."""
+    first, name = cluster_namespace, "byo-shared"
+    second = f"{first}-b"
+    cluster.kubectl("create", "namespace", second)
+    node = f"a100-shared-{first}"
+    cluster.create_gpu_node(node, gpus=1, taints=[GPU_TAINT],
+                            labels=_gfd("NVIDIA-A100-SXM4-80GB", 1, 81920, first))
+    document = _workspace(name, "phi-3-mini-4k-instruct")
+    document["resource"]["labelSelector"] = {"matchLabels": {"app": first}}
+    try:
+        cluster.kubectl("apply", "-n", first, "-f", "-", input=json.dumps(document))
+        wait_for("the first one serving", lambda: _condition(
+            _get(cluster, "workspace", name, "-n", first), "InferenceReady"
+        ).get("status") == "True", timeout=180)
+        cluster.kubectl("apply", "-n", second, "-f", "-", input=json.dumps(document))
+
+        def resource_ready() -> dict[str, Any]:
+            return _condition(_get(cluster, "workspace", name, "-n", second), "ResourceReady")
+
+        wait_for("GPUsInUse", lambda: resource_ready().get("reason") == "GPUsInUse",
+                 timeout=120)
+        condition = resource_ready()
+        assert condition["status"] == "False"
+        assert f"{node} (0 of 1 GPU(s) free)" in condition["message"]
+        assert "1 free GPU(s) per pod" in condition["message"]
+        assert not _get(cluster, "deployments", "-n", second)["items"]
+
+        cluster.kubectl("delete", "workspace", name, "-n", first, "--wait=false")
+        wait_for("the second one serving on the freed node", lambda: _condition(
+            _get(cluster, "workspace", name, "-n", second), "InferenceReady"
+        ).get("status") == "True", timeout=180)
+        ws = _get(cluster, "workspace", name, "-n", second)
+        assert ws["status"]["workerNodes"] == [node]
+    finally:
+        cluster.kubectl("delete", "workspace", name, "-n", second, "--wait=false",
+                        check=False)
+        cluster.kubectl("delete", "namespace", second, "--wait=false", check=False)

@@ -148,6 +148,8 @@ def test_quota_exceeded_is_a_claim_condition_without_a_retry_storm(aks: Aks) -> 
     assert again["reason"] == "QuotaExceeded"
     assert aks.puts_for(name) == 1
     delete_claims(aks.cluster, [name])
+    # Neither refusal made a pool: deleting the claims asked ARM nothing.
+    assert aks.server.count("DELETE", "/agentPools/" + agent_pool_name(name)) == 0
 
 
 def test_throttling_and_a_dropped_connection_mid_operation_are_recovered(aks: Aks) -> None:

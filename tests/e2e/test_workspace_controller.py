@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -442,3 +443,98 @@ def test_opting_out_of_serving_releases_the_nodes(
     assert _is_true(ws, "WorkspaceSucceeded") and _is_true(ws, "WorkspaceReady")
     assert _condition(ws, "ResourceReady")["reason"] == "NodesReleased"  # type: ignore[index]
     assert _get(cluster, "deployment", name, "-n", namespace) is None
+
+
+def _fresh_namespaces(cluster: LocalCluster, prefix: str, count: int) -> list[str]:
+    names = [f"{prefix}-{i}-{uuid.uuid4().hex[:6]}" for i in range(count)]
+    for name in names:
+        cluster.kubectl("create", "namespace", name)
+    return names
+
+
+def _own_claim(cluster: LocalCluster, name: str, namespace: str) -> list[dict[str, Any]]:
+    return list(_get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name},"
+                     f"kaito.sh/workspacenamespace={namespace}")["items"])
+
+
+def _serving_pod_nodes(cluster: LocalCluster, name: str, namespace: str) -> list[str]:
+    pods = _get(cluster, "pods", "-n", namespace, "-l", f"kaito.sh/workspace={name}")["items"]
+    return [p["spec"].get("nodeName", "") for p in pods
+            if not p["metadata"].get("deletionTimestamp")]
+
+
+def _remove_workspaces(cluster: LocalCluster, name: str, namespaces: list[str]) -> None:
+    for namespace in namespaces:
+        cluster.kubectl("delete", "workspace", name, "-n", namespace, "--wait=false",
+                        check=False)
+    wait_for("the workspaces gone", lambda: not any(
+        _get(cluster, "workspace", name, "-n", namespace) for namespace in namespaces),
+        timeout=120)
+    for namespace in namespaces:
+        cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
+def test_the_same_workspace_in_a_second_namespace_gets_a_node_of_its_own(
+    cluster: LocalCluster, controller: ControllerProcess
+) -> None:
+    """Issue 21's story: the seed's workspace runs in one namespace; the same YAML in a
+    second one must not be "ResourceReady" on the first one's node (whose GPU its pod
+    holds): it claims its own, and both pods run, on different nodes."""
+    name, app = "twin", f"twin-{uuid.uuid4().hex[:6]}"
+    first, second = _fresh_namespaces(cluster, "twin", 2)
+    provisioner = FakeProvisioner(cluster)
+    try:
+        cluster.kubectl("apply", "-n", first, "-f", "-", input=_inference(name, app))
+        wait_for("the first workspace ready", lambda: _is_true(
+            _get(cluster, "workspace", name, "-n", first), "WorkspaceReady"),
+            timeout=180, tick=provisioner.step)
+        [first_claim] = _own_claim(cluster, name, first)
+        first_node = provisioner.made[first_claim["metadata"]["name"]]
+
+        cluster.kubectl("apply", "-n", second, "-f", "-", input=_inference(name, app))
+        wait_for("the second workspace ready", lambda: _is_true(
+            _get(cluster, "workspace", name, "-n", second), "WorkspaceReady"),
+            timeout=180, tick=provisioner.step)
+        [second_claim] = _own_claim(cluster, name, second)
+        second_node = provisioner.made[second_claim["metadata"]["name"]]
+        assert second_node != first_node
+        for namespace, node in ((first, first_node), (second, second_node)):
+            ws = _get(cluster, "workspace", name, "-n", namespace)
+            assert _is_true(ws, "ResourceReady") and _is_true(ws, "InferenceReady")
+            assert ws["status"]["workerNodes"] == [node]
+            assert _serving_pod_nodes(cluster, name, namespace) == [node]
+    finally:
+        _remove_workspaces(cluster, name, [first, second])
+
+
+def test_a_shared_node_whose_gpu_is_taken_makes_the_next_workspace_claim_its_own(
+    cluster: LocalCluster, controller: ControllerProcess
+) -> None:
+    """A node nobody claimed (brought by the user) serves the first workspace; its one GPU
+    is then taken, so the same workspace in another namespace provisions a node instead
+    of waiting forever behind a Pending pod."""
+    name, app = "shared", f"shared-{uuid.uuid4().hex[:6]}"
+    first, second = _fresh_namespaces(cluster, "shared", 2)
+    shared_node = f"byo-{app}"
+    cluster.create_gpu_node(shared_node, gpus=1, taints=[GPU_TAINT], labels={"app": app})
+    provisioner = FakeProvisioner(cluster)
+    try:
+        cluster.kubectl("apply", "-n", first, "-f", "-", input=_inference(name, app))
+        wait_for("the first workspace ready", lambda: _is_true(
+            _get(cluster, "workspace", name, "-n", first), "WorkspaceReady"), timeout=180)
+        assert not _own_claim(cluster, name, first)
+        assert _serving_pod_nodes(cluster, name, first) == [shared_node]
+
+        cluster.kubectl("apply", "-n", second, "-f", "-", input=_inference(name, app))
+        wait_for("the second workspace ready", lambda: _is_true(
+            _get(cluster, "workspace", name, "-n", second), "WorkspaceReady"),
+            timeout=180, tick=provisioner.step)
+        [claim] = _own_claim(cluster, name, second)
+        own_node = provisioner.made[claim["metadata"]["name"]]
+        assert _serving_pod_nodes(cluster, name, second) == [own_node]
+        ws = _get(cluster, "workspace", name, "-n", second)
+        assert ws["status"]["workerNodes"] == [own_node]
+        assert _serving_pod_nodes(cluster, name, first) == [shared_node]
+    finally:
+        _remove_workspaces(cluster, name, [first, second])
+        cluster.kubectl("delete", "node", shared_node, "--wait=false", check=False)

@@ -109,3 +109,16 @@ def test_json_logs_carry_extra_fields_as_data() -> None:
     assert entry["level"] == "warning" and entry["logger"] == "controller.informer"
     assert entry["informer"] == "configmaps/*" and entry["failures"] == 3
     assert "args" not in entry and "levelno" not in entry
+
+
+def test_claim_retry_backoff_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    assert (ControllerSettings().workspace.claim_retry_base_seconds,
+            ControllerSettings().workspace.claim_retry_max_seconds) == (10.0, 600.0)
+    monkeypatch.setenv("KAITO_WORKSPACE__CLAIM_RETRY_BASE_SECONDS", "2")
+    monkeypatch.setenv("KAITO_WORKSPACE__CLAIM_RETRY_MAX_SECONDS", "8")
+    workspace = ControllerSettings().workspace
+    assert (workspace.claim_retry_base_seconds, workspace.claim_retry_max_seconds) == (2, 8)
+    monkeypatch.setenv("KAITO_WORKSPACE__CLAIM_RETRY_MAX_SECONDS", "1")
+    with pytest.raises(ValueError, match="claim_retry_max_seconds"):
+        ControllerSettings()

@@ -137,7 +137,8 @@ async def test_quota_exceeded_is_a_refusal_with_arm_s_message_and_one_call(
     backend = arm.backend()
     try:
         outcome = await backend.launch(_claim(), _sku(), wait_seconds=60)
-        assert outcome == LaunchFailed("QuotaExceeded", message)
+        # Refused at the create: no pool exists, so deleting the claim needs no DELETE.
+        assert outcome == LaunchFailed("QuotaExceeded", message, made_nothing=True)
         assert arm.server.count("PUT") == 1  # the SDK does not retry a 400
         assert arm.calls("400") == 1
     finally:
@@ -154,6 +155,7 @@ async def test_allocation_failure_at_the_end_of_the_operation_is_a_refusal(
         assert isinstance(outcome, LaunchFailed)
         assert outcome.reason == "AllocationFailed"
         assert "no capacity" in outcome.message
+        assert not outcome.made_nothing  # the failed pool exists and must be deleted
         # The next pass finds the failed pool and reports it; no second PUT.
         again = await backend.launch(_claim(), _sku(), wait_seconds=60)
         assert isinstance(again, LaunchFailed)

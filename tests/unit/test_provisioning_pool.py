@@ -8,11 +8,11 @@ from typing import Any
 from controller.provisioning.claims import NODECLAIM_LABEL, node_sync_patch, parse_claim
 from controller.provisioning.pool import (
     ORIGINAL_ANNOTATION,
-    POOL_LABEL,
     pick_node,
     release_patch,
     take_patch,
 )
+from crds.karpenter import POOL_LABEL
 from tests.unit.test_provisioning_claims import _obj
 
 

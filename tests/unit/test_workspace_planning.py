@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from controller.objects import desired_hash, with_hash
 from controller.workspace.nodes import claim_name, plan_nodes
 from controller.workspace.progress import progress_status, same_progress
-from controller.objects import desired_hash, with_hash
 from controller.workspace.revision import revision_hash
 from controller.workspace.status import Observed, apply_conditions, plan_status
 from crds.workspace import Workspace
@@ -251,3 +251,193 @@ def test_released_nodes_after_tuning_are_not_an_error() -> None:
     assert status.conditions["ResourceReady"].reason == "NodesReleased"
     assert status.conditions["WorkspaceReady"].status == "True"
     assert status.state == "Succeeded"
+
+
+# -- capacity: a node another workspace fills is not ours (issue 21, item 3) -------------
+
+def test_a_node_whose_gpus_other_pods_hold_is_not_capacity() -> None:
+    nodes = [node("shared", {"app": "ws1"})]
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=nodes, claims=[], gpus_per_pod=1, gpus_used={"shared": 1})
+    assert not plan.is_ready and plan.worker_nodes == []
+    assert [c["metadata"]["name"] for c in plan.claims_to_create] == [claim_name(workspace(), 0)]
+    # A node with GPUs left over still counts; our own pod on a node keeps it ours.
+    roomy = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                       nodes=[node("big", {"app": "ws1"}, gpus=4)], claims=[],
+                       gpus_per_pod=2, gpus_used={"big": 2})
+    assert roomy.is_ready and roomy.worker_nodes == ["big"]
+    too_small = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                           nodes=[node("big", {"app": "ws1"}, gpus=4)], claims=[],
+                           gpus_per_pod=2, gpus_used={"big": 3})
+    assert not too_small.is_ready
+
+
+def test_a_node_made_for_another_workspace_is_never_ours() -> None:
+    theirs = node("theirs", {"app": "ws1", "kaito.sh/workspace": "ws1",
+                             "kaito.sh/workspacenamespace": "default"}, gpus=8)
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[theirs], claims=[])
+    assert not plan.is_ready and len(plan.claims_to_create) == 1
+    mine = node("mine", {"app": "ws1", "kaito.sh/workspace": "ws1",
+                         "kaito.sh/workspacenamespace": "team"})
+    ours = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[theirs, mine], claims=[claim(claim_name(workspace(), 0),
+                                                          node_name="mine")])
+    assert ours.is_ready and ours.worker_nodes == ["mine"] and not ours.claims_to_create
+
+
+def test_a_pool_node_lent_to_another_workspace_shares_its_free_gpus() -> None:
+    """The pool backend lends a node and never deletes it: what its GPUs leave free is
+    capacity for any workspace whose selector it matches (the real-node tier's one node)."""
+    lent = node("pool-0", {"app": "ws1", "kaito.sh/pool": "true", "kaito.sh/workspace": "ws1",
+                           "kaito.sh/workspacenamespace": "default"}, gpus=2)
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[lent], claims=[], gpus_per_pod=1, gpus_used={"pool-0": 1})
+    assert plan.is_ready and plan.worker_nodes == ["pool-0"] and not plan.claims_to_create
+    full = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[lent], claims=[], gpus_per_pod=1, gpus_used={"pool-0": 2})
+    assert not full.is_ready
+
+
+def test_nodes_our_pods_run_on_come_first() -> None:
+    nodes = [node("a", {"app": "ws1"}), node("b", {"app": "ws1"})]
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=nodes, claims=[], nodes_in_use={"b"})
+    assert plan.worker_nodes == ["b"]
+
+
+def test_bring_your_own_nodes_all_taken_say_what_the_workspace_waits_for() -> None:
+    nodes = [node("byo-1", {"app": "ws1"}), node("byo-2", {"app": "ws1"}, gpus=2),
+             node("theirs", {"app": "ws1", "kaito.sh/workspace": "other",
+                             "kaito.sh/workspacenamespace": "team"})]
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=nodes, claims=[], can_provision=False, gpus_per_pod=1,
+                      gpus_used={"byo-1": 1, "byo-2": 2})
+    assert not plan.is_ready and not plan.claims_to_create
+    verdict = plan_status(Observed(nodes=plan, is_tuning=True)).conditions["ResourceReady"]
+    assert verdict.status == "False" and verdict.reason == "GPUsInUse"
+    assert "byo-1 (0 of 1 GPU(s) free)" in verdict.message
+    assert "byo-2 (0 of 2 GPU(s) free)" in verdict.message
+    assert "theirs (made for workspace team/other)" in verdict.message
+    assert "1 free GPU(s) per pod" in verdict.message
+    freed = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                       nodes=nodes, claims=[], can_provision=False, gpus_per_pod=1,
+                       gpus_used={"byo-1": 1, "byo-2": 1})
+    assert freed.is_ready and freed.worker_nodes == ["byo-2"]
+
+
+def test_gpu_accounting_counts_others_bound_running_pods_only() -> None:
+    from controller.workspace.capacity import (
+        gpus_used_by_others,
+        nodes_with_pods_of,
+        pod_gpu_request,
+        project_bound_pod,
+    )
+
+    def pod(name: str, node_name: str | None, gpus: int, *, phase: str = "Running",
+            workspace_name: str | None = None, namespace: str = "team") -> dict[str, Any]:
+        labels = {"kaito.sh/workspace": workspace_name} if workspace_name else {}
+        return {"metadata": {"name": name, "namespace": namespace, "labels": labels,
+                             "annotations": {"big": "x" * 1000}},
+                "spec": {"nodeName": node_name, "containers": [
+                    {"name": "c", "image": "i", "env": [{"name": "A", "value": "1"}],
+                     "resources": {"limits": {"nvidia.com/gpu": str(gpus), "cpu": "1"}}}]},
+                "status": {"phase": phase, "conditions": [{"type": "Ready"}]}}
+
+    pods = [pod("other", "n1", 1), pod("mine", "n1", 1, workspace_name="ws1"),
+            pod("same-name-other-ns", "n2", 2, workspace_name="ws1", namespace="prod"),
+            pod("done", "n2", 4, phase="Succeeded"), pod("pending", None, 1),
+            pod("cpu", "n1", 0)]
+    projected = [project_bound_pod(p) for p in pods]
+    assert "annotations" not in projected[0]["metadata"]
+    assert "env" not in projected[0]["spec"]["containers"][0]
+    for full, small in zip(pods, projected, strict=True):
+        assert pod_gpu_request(full) == pod_gpu_request(small)
+    assert gpus_used_by_others(projected, namespace="team", name="ws1") == {"n1": 1, "n2": 2}
+    assert nodes_with_pods_of(projected, namespace="team", name="ws1") == {"n1"}
+    sidecar_and_init = {"spec": {
+        "initContainers": [{"resources": {"requests": {"nvidia.com/gpu": "3"}}},
+                           {"restartPolicy": "Always",
+                            "resources": {"requests": {"nvidia.com/gpu": "1"}}}],
+        "containers": [{"resources": {"requests": {"nvidia.com/gpu": "1"}}}]}}
+    assert pod_gpu_request(sidecar_and_init) == 3
+    assert pod_gpu_request(project_bound_pod(sidecar_and_init)) == 3
+
+
+# -- refused claims back off (issue 21, item 4) ------------------------------------------
+
+def _refused(name: str, at: str, attempt: int | None = None, *, deleting: bool = False
+             ) -> dict[str, Any]:
+    found = claim(name, failed="QuotaExceeded")
+    found["status"]["conditions"][0]["lastTransitionTime"] = at
+    if attempt is not None:
+        found["metadata"]["annotations"] = {"kaito.sh/nodeclaim-attempt": str(attempt)}
+    if deleting:
+        found["metadata"]["deletionTimestamp"] = at
+    return found
+
+
+def test_claim_retry_doubles_up_to_its_cap() -> None:
+    from controller.workspace.nodes import ClaimRetry
+
+    retry = ClaimRetry(base_seconds=10, max_seconds=600)
+    assert [retry.wait_seconds(n) for n in range(1, 9)] == [
+        10, 20, 40, 80, 160, 320, 600, 600]
+    assert retry.wait_seconds(10_000) == 600
+
+
+def test_a_refused_claim_is_kept_until_its_backoff_ends_then_replaced() -> None:
+    from controller.workspace.nodes import ClaimRetry, parse_timestamp
+
+    at = "2026-12-08T01:00:00Z"
+    failed_at = parse_timestamp(at)
+    assert failed_at is not None
+    retry = ClaimRetry(base_seconds=10, max_seconds=600)
+    first = claim_name(workspace(), 0)
+
+    def plan(now: float, claims: list[dict[str, Any]]) -> Any:
+        return plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                          nodes=[], claims=claims, now=now, retry=retry)
+
+    waiting = plan(failed_at + 9, [_refused(first, at)])
+    assert not waiting.claims_to_delete and not waiting.claims_to_create
+    assert waiting.retry_at == failed_at + 10 and waiting.failed_attempt == 1
+    verdict = plan_status(Observed(nodes=waiting, is_tuning=True)).conditions["ResourceReady"]
+    assert verdict.reason == "NodeClaimFailed"
+    assert "QuotaExceeded: no capacity" in verdict.message
+    assert "attempt 1" in verdict.message and "next try at 2026-12-08T01:00:10Z" in verdict.message
+    # The same observation gives the same message on every pass (no status churn).
+    assert plan_status(Observed(nodes=plan(failed_at + 5, [_refused(first, at)]),
+                                is_tuning=True)).conditions["ResourceReady"] == verdict
+
+    due = plan(failed_at + 10, [_refused(first, at)])
+    assert due.claims_to_delete == [first]
+    [made] = due.claims_to_create
+    assert made["metadata"]["name"] == claim_name(workspace(), 1)
+    assert made["metadata"]["annotations"] == {"kaito.sh/nodeclaim-attempt": "2"}
+
+    # Attempt 3 failed: the wait is 40 s, counted from its own refusal; a restarted
+    # controller reads the same from the claim.
+    third = plan(failed_at + 39, [_refused(first, at, attempt=3)])
+    assert third.retry_at == failed_at + 40 and not third.claims_to_create
+    fourth = plan(failed_at + 40, [_refused(first, at, attempt=3)])
+    assert [c["metadata"]["annotations"]["kaito.sh/nodeclaim-attempt"]
+            for c in fourth.claims_to_create] == ["4"]
+
+
+def test_a_retry_in_flight_is_not_duplicated_while_the_refused_claim_goes() -> None:
+    at = "2026-12-08T01:00:00Z"
+    going = _refused(claim_name(workspace(), 0), at, attempt=2, deleting=True)
+    retrying = claim(claim_name(workspace(), 1))
+    retrying["metadata"]["annotations"] = {"kaito.sh/nodeclaim-attempt": "3"}
+    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                      nodes=[], claims=[going, retrying], now=1e10)
+    assert not plan.claims_to_create and not plan.claims_to_delete
+    assert plan.pending_claims == [claim_name(workspace(), 1)]
+    verdict = plan_status(Observed(nodes=plan, is_tuning=True)).conditions["ResourceReady"]
+    assert "(attempt 3)" in verdict.message
+    # Once the refused one is gone, the retry waits as any claim does.
+    alone = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                       nodes=[], claims=[retrying], now=1e10)
+    assert plan_status(Observed(nodes=alone, is_tuning=True)).conditions[
+        "ResourceReady"].reason == "NodeClaimNotReady"
