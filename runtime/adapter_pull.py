@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from crds.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 2
 EXIT_FAILED = 3
@@ -66,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(json.dumps({"files": [str(path) for path in artifact.files]}))
             return 0
-    print(f"error: {message}", file=sys.stderr)
+    log.error("adapter pull failed", extra={"error": message, "reference": args.reference,
+                                           "exit_code": code})
     write_termination_message(f"kaito pull-adapter: {message}\n")
     return code
 

@@ -394,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(code: int, message: str, termination_log: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
+    log.error("fetch failed", extra={"error": message, "exit_code": code})
     write_termination_message(f"kaito fetch: {message}\n", termination_log)
     return code
 

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_FAILED
     else:
         return 0
-    print(f"error: {message}", file=sys.stderr)
+    log.error("model fetch failed", extra={"error": message, "repo": args.repo,
+                                          "exit_code": code})
     write_termination_message(f"kaito fetch-model: {message}\n")
     return code
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime import fetch
+from tests.log_lines import error_record
 
 PAYLOAD = b"prompt,completion\nhi,hello\n" * 100
 FAST = ["--backoff-seconds", "0.01", "--timeout-seconds", "5"]
@@ -150,9 +151,11 @@ def test_loopback_is_refused_without_the_allow_list(
     assert code == fetch.EXIT_REFUSED
     assert server.requests == []  # never connected
     assert files_in(dest) == []
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: refused: ")
-    assert "127.0.0.1" in error and "secret" not in error
+    stderr = capsys.readouterr().err
+    error = error_record(stderr)
+    assert error["msg"] == "fetch failed" and error["exit_code"] == fetch.EXIT_REFUSED
+    assert error["error"].startswith("refused: ")
+    assert "127.0.0.1" in error["error"] and "secret" not in stderr
     assert "not a public address" in log.read_text()
 
 
@@ -244,7 +247,7 @@ def test_a_404_fails_without_retrying(
     assert code == fetch.EXIT_FAILED
     assert server.requests == ["/missing"]
     assert "HTTP 404" in log.read_text()
-    assert "HTTP 404" in capsys.readouterr().err
+    assert "HTTP 404" in error_record(capsys.readouterr().err)["error"]
     assert files_in(dest) == []
 
 
@@ -273,7 +276,9 @@ def test_bad_urls_are_refused_before_any_download(
     assert code == fetch.EXIT_REFUSED
     assert server.requests == []
     assert files_in(dest) == []
-    assert "pw" not in capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    assert error_record(stderr)["error"].startswith("refused: ")
+    assert "pw" not in stderr
 
 
 def test_file_names_are_safe() -> None:
@@ -365,7 +370,8 @@ def test_pull_adapter_refuses_a_reference_without_a_registry(
     from kaito.cli import main
 
     assert main(["pull-adapter", "--reference", "adapter-only", "--dest", str(tmp_path)]) == 2
-    assert "no registry host" in capsys.readouterr().err
+    error = error_record(capsys.readouterr().err)
+    assert error["msg"] == "adapter pull failed" and "no registry host" in error["error"]
 
 
 def test_pull_adapter_merges_the_auths_of_every_secret(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,10 +80,10 @@ def test_every_component_configures_the_shared_layout(component: str) -> None:
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
+    saved = (root.handlers[:], root.level, warnings.showwarning)
     stream = io.StringIO()
     yield stream
-    root.handlers[:], root.level = saved[0], saved[1]
+    root.handlers[:], root.level, warnings.showwarning = saved
 
 
 @pytest.mark.parametrize("setup", [configure_logging, kaito.logs.configure_logging],
@@ -104,6 +105,35 @@ def test_json_records_have_the_shared_keys(setup: object, captured: io.StringIO)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", first["ts"])
     assert list(second) == [*RECORD_KEYS, "reference", "exception"]
     assert second["level"] == "error" and "ValueError: boom" in second["exception"]
+
+
+def test_python_warnings_are_records_of_the_shared_layout(captured: io.StringIO) -> None:
+    configure_logging("INFO", "json", captured)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("use the new flag", DeprecationWarning, stacklevel=1)
+    (record,) = (json.loads(line) for line in captured.getvalue().splitlines())
+    assert list(record)[:4] == list(RECORD_KEYS)
+    assert (record["level"], record["logger"], record["msg"]) == (
+        "warning", "py.warnings", "python warning")
+    assert record["category"] == "DeprecationWarning"
+    assert record["warning"] == "use the new flag"
+    assert record["source"].startswith(__file__ + ":")
+
+
+def test_runtime_commands_report_errors_as_log_records() -> None:
+    """No runtime module writes free text to stderr: a failure is a log record (its
+    fields are what a log pipeline and the tests read)."""
+    writers = []
+    for path, tree in _sources():
+        if not path.startswith("runtime/"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and "stderr" in ast.unparse(node) and (
+                    isinstance(node.func, ast.Name) and node.func.id == "print"
+                    or isinstance(node.func, ast.Attribute) and node.func.attr == "write"):
+                writers.append(f"{path}:{node.lineno}")
+    assert writers == []
 
 
 def test_text_layout_carries_the_same_fields(captured: io.StringIO) -> None:
