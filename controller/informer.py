@@ -18,7 +18,7 @@ import random
 from collections.abc import Callable
 from typing import TypedDict
 
-from controller.cache import Cache, IndexFunc, object_key, strip_managed_fields
+from controller.cache import Cache, object_key, strip_managed_fields
 from controller.kube.client import KubeClient, WatchEvent
 from controller.kube.errors import ApiUnavailable, Gone, KubeError, TooManyRequests
 from controller.kube.resources import KubeObject, ResourceType
@@ -56,7 +56,6 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
-        indexers: dict[str, IndexFunc] | None = None,
         transform: Transform | None = strip_managed_fields,
         metrics: Metrics | None = None,
         watch_timeout_seconds: float = 300.0,
@@ -73,7 +72,7 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
-        self.cache = Cache(indexers)
+        self.cache = Cache()
         self._client = client
         self._transform = transform
         self._metrics = metrics
