@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO", "json")
 
     from runtime.oci import Reference, RegistryAuthError, RegistryError, pull_adapter
-    from runtime.termination import write_termination_message
+    from runtime.termination import command_failed
 
     try:
         Reference.parse(args.reference)
@@ -69,10 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(json.dumps({"files": [str(path) for path in artifact.files]}))
             return 0
-    log.error("adapter pull failed", extra={"error": message, "reference": args.reference,
-                                           "exit_code": code})
-    write_termination_message(f"kaito pull-adapter: {message}\n")
-    return code
+    return command_failed(log, "kaito pull-adapter", message, code, reference=args.reference)
 
 
 if __name__ == "__main__":
