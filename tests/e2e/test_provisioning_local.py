@@ -29,9 +29,9 @@ from tests.e2e.provisioning_support import (
     condition,
     delete_claims,
     get,
-    install,
     is_true,
     node_claim,
+    running_provisioner,
     wait_for,
 )
 
@@ -43,25 +43,12 @@ LIFECYCLE = ("Launched", "Registered", "Initialized", "Ready")
 @pytest.fixture(scope="module")
 def provisioner(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[ProvisionerProcess]:
-    workdir = tmp_path_factory.mktemp("provisioner-local")
-    kubeconfig = install(cluster, workdir)
-    process = ProvisionerProcess(
-        kubeconfig, workdir / "provisioner.log",
-        args=["--backend", "local", "--use-machines", "--leader-elect",
-              "--lease-namespace", "kaito-system"],
-        env={"KAITO_PROVISIONER__RECHECK_SECONDS": "1"})
-    process.start()
-    try:
+    with running_provisioner(
+            cluster, tmp_path_factory.mktemp("provisioner-local"),
+            args=["--backend", "local", "--use-machines", "--leader-elect",
+                  "--lease-namespace", "kaito-system"],
+            env={"KAITO_PROVISIONER__RECHECK_SECONDS": "1"}) as process:
         yield process
-    finally:
-        # Leave no claim with our finalizer behind for the modules after this one.
-        claims = (get(cluster, "nodeclaims", "-l", "karpenter.sh/nodepool=kaito")
-                  or {"items": []})["items"]
-        try:
-            delete_claims(cluster, [c["metadata"]["name"] for c in claims])
-        finally:
-            process.stop()
-            print(process.tail())
 
 
 def test_a_claim_becomes_a_ready_gpu_node_and_deleting_it_removes_the_node(

@@ -22,9 +22,9 @@ from tests.e2e.provisioning_support import (
     condition,
     delete_claims,
     get,
-    install,
     is_true,
     node_claim,
+    running_provisioner,
     wait_for,
 )
 
@@ -36,22 +36,10 @@ OWN_TAINT = {"key": "team", "value": "research", "effect": "NoSchedule"}
 @pytest.fixture(scope="module")
 def provisioner(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[ProvisionerProcess]:
-    workdir = tmp_path_factory.mktemp("provisioner-pool")
-    kubeconfig = install(cluster, workdir)
-    process = ProvisionerProcess(
-        kubeconfig, workdir / "provisioner.log", args=["--backend", "pool"],
-        env={"KAITO_PROVISIONER__RECHECK_SECONDS": "1"})
-    process.start()
-    try:
+    with running_provisioner(cluster, tmp_path_factory.mktemp("provisioner-pool"),
+                             args=["--backend", "pool"],
+                             env={"KAITO_PROVISIONER__RECHECK_SECONDS": "1"}) as process:
         yield process
-    finally:
-        claims = (get(cluster, "nodeclaims", "-l", "karpenter.sh/nodepool=kaito")
-                  or {"items": []})["items"]
-        try:
-            delete_claims(cluster, [c["metadata"]["name"] for c in claims])
-        finally:
-            process.stop()
-            print(process.tail())
 
 
 def is_ready_node(node: dict[str, Any]) -> bool:
