@@ -26,7 +26,7 @@ from controller.settings import ControllerSettings
 from controller.workspace.reconciler import WorkspaceSettings
 from controller.workspace.setup import setup_workspace_controller
 from controller.workspace.workload import WorkloadSettings
-from kaito.logs import configure_logging
+from crds.logs import configure_logging
 from presets.catalog import HfConfigSource
 
 log = logging.getLogger("controller")

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kaito.logs import configure_logging
+from crds.logs import configure_logging
 from webhook.serve import serve
 from webhook.settings import WebhookSettings
 

@@ -29,7 +29,7 @@ from controller.provisioning.reconciler import LifecycleSettings
 from controller.provisioning.settings import ProvisionerSettings
 from controller.provisioning.setup import setup_provisioner
 from controller.settings import ControllerSettings
-from kaito.logs import configure_logging
+from crds.logs import configure_logging
 
 log = logging.getLogger("controller.provisioning")
 

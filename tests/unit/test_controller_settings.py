@@ -17,7 +17,7 @@ from cryptography.x509.oid import NameOID
 from controller.__main__ import load_settings, main
 from controller.kube import KubeClient
 from controller.settings import ControllerSettings
-from kaito.logs import JsonFormatter
+from crds.logs import JsonFormatter
 
 pytestmark = pytest.mark.unit
 

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import kaito.logs
-from crds.logs import RECORD_KEYS, JsonFormatter, TextFormatter, configure_logging
+from crds.logs import RECORD_KEYS, configure_logging
 
 pytestmark = pytest.mark.unit
 
@@ -74,7 +73,7 @@ def test_every_component_configures_the_shared_layout(component: str) -> None:
     imported = {node.module for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and any(
                     alias.name == "configure_logging" for alias in node.names)}
-    assert imported <= {"crds.logs", "kaito.logs"} and imported
+    assert imported == {"crds.logs"}
 
 
 @pytest.fixture
@@ -86,11 +85,8 @@ def captured() -> Iterator[io.StringIO]:
     root.handlers[:], root.level, warnings.showwarning = saved
 
 
-@pytest.mark.parametrize("setup", [configure_logging, kaito.logs.configure_logging],
-                         ids=["runtime (crds.logs)", "operator (kaito.logs)"])
-def test_json_records_have_the_shared_keys(setup: object, captured: io.StringIO) -> None:
-    assert callable(setup)
-    setup("INFO", "json", captured)
+def test_json_records_have_the_shared_keys(captured: io.StringIO) -> None:
+    configure_logging("INFO", "json", captured)
     log = logging.getLogger("runtime.tuning")
     log.info("step done", extra={"step": 3, "loss": 1.25})
     try:
@@ -143,8 +139,3 @@ def test_text_layout_carries_the_same_fields(captured: io.StringIO) -> None:
     assert re.fullmatch(
         r"\S+Z warning webhook: certificate renewed days_left=29", line
     ), line
-
-
-def test_operator_and_runtime_share_the_same_classes() -> None:
-    assert kaito.logs.JsonFormatter is JsonFormatter
-    assert kaito.logs.TextFormatter is TextFormatter
