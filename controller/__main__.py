@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None, setup: Setup = setup_production) -> int:
     try:
         settings = load_settings(argv)
     except ValidationError as exc:
-        print(f"invalid settings: {exc}")
+        configure_logging()  # the settings that choose the layout are what failed
+        log.error("invalid settings", extra={"error": str(exc)})
         return 2
     configure_logging(settings.log_level, settings.log_format)
     log.info(
