@@ -27,7 +27,7 @@ from controller.workspace.nodes import ClaimRetry
 from controller.workspace.reconciler import WorkspaceSettings
 from controller.workspace.setup import setup_workspace_controller
 from controller.workspace.workload import WorkloadSettings
-from kaito.logs import configure_logging
+from crds.logs import configure_logging
 from presets.catalog import HfConfigSource
 
 log = logging.getLogger("controller")
@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None, setup: Setup = setup_production) -> int:
     try:
         settings = load_settings(argv)
     except ValidationError as exc:
-        print(f"invalid settings: {exc}")
+        configure_logging()  # the settings that choose the layout are what failed
+        log.error("invalid settings", extra={"error": str(exc)})
         return 2
     configure_logging(settings.log_level, settings.log_format)
     log.info(

@@ -1,10 +1,10 @@
 """The informer's in-memory store: objects by key plus secondary indexes.
 
 Keys are `namespace/name` (or `name` for cluster-scoped objects), as in client-go.
-Indexes map an index value to the keys of the objects that produce it; the built-in
-ones answer "everything in this namespace", "everything this owner UID owns" and
-"everything with this label=value", so mapping a child event to its owner and listing a
-workspace's children never scans the whole cache.
+An index maps a value to the keys of the objects that produce it: one by namespace and one
+by `label=value`, the two questions reconcilers ask (`objects(namespace, labels)`: a
+workspace's pods, its claims), so those reads never scan the whole cache. (Mapping a
+child's event to its owner needs no index: the event carries the owner references.)
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from controller.kube.resources import KubeObject
 IndexFunc = Callable[[KubeObject], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"
-OWNER_UID_INDEX = "owner-uid"
-CONTROLLER_UID_INDEX = "controller-uid"
 LABEL_INDEX = "label"
 
 
@@ -48,25 +46,13 @@ def index_by_namespace(obj: KubeObject) -> list[str]:
     return [namespace] if namespace else []
 
 
-def index_by_owner_uid(obj: KubeObject) -> list[str]:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return [str(ref["uid"]) for ref in refs if ref.get("uid")]
-
-
-def index_by_controller_uid(obj: KubeObject) -> list[str]:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return [str(ref["uid"]) for ref in refs if ref.get("uid") and ref.get("controller")]
-
-
 def index_by_label(obj: KubeObject) -> list[str]:
     labels = (obj.get("metadata") or {}).get("labels") or {}
     return [f"{key}={value}" for key, value in labels.items()]
 
 
-DEFAULT_INDEXERS: Mapping[str, IndexFunc] = {
+INDEXERS: Mapping[str, IndexFunc] = {
     NAMESPACE_INDEX: index_by_namespace,
-    OWNER_UID_INDEX: index_by_owner_uid,
-    CONTROLLER_UID_INDEX: index_by_controller_uid,
     LABEL_INDEX: index_by_label,
 }
 
@@ -92,7 +78,9 @@ class Cache:
     """Objects by key, with secondary indexes kept in step on every write."""
 
     def __init__(self, indexers: Mapping[str, IndexFunc] | None = None) -> None:
-        self._indexers = dict(DEFAULT_INDEXERS if indexers is None else indexers)
+        """``indexers``: indexes a reader needs beyond namespace and label (the bound-pod
+        cache's node name), read with ``by_index``."""
+        self._indexers: dict[str, IndexFunc] = {**INDEXERS, **(indexers or {})}
         self._objects: dict[str, KubeObject] = {}
         self._indexes: dict[str, dict[str, set[str]]] = {name: {} for name in self._indexers}
 
@@ -108,50 +96,42 @@ class Cache:
     def keys(self) -> list[str]:
         return list(self._objects)
 
-    @property
-    def index_names(self) -> list[str]:
-        return list(self._indexers)
-
-    def add_indexer(self, name: str, func: IndexFunc) -> None:
-        """Add an index; existing objects are indexed at once."""
-        if name in self._indexers:
-            raise ValueError(f"index {name!r} already exists")
-        self._indexers[name] = func
-        self._indexes[name] = {}
-        for key, obj in self._objects.items():
-            self._index_one(name, key, obj)
-
     def get(self, key: str) -> KubeObject | None:
         """A copy of the object under ``key``: changing it never changes the cache."""
         obj = self._objects.get(key)
         return None if obj is None else copy_object(obj)
 
-    def get_by_name(self, name: str, namespace: str | None = None) -> KubeObject | None:
-        return self.get(f"{namespace}/{name}" if namespace else name)
-
     def objects(
         self, namespace: str | None = None, labels: Mapping[str, str] | None = None
     ) -> list[KubeObject]:
-        """Objects in `namespace` (all when None) carrying every `labels` pair."""
+        """Objects in `namespace` (all when None) carrying every `labels` pair: the
+        intersection of their index entries, smallest first."""
+        selections = [self._indexes[LABEL_INDEX].get(f"{key}={value}", set())
+                      for key, value in (labels or {}).items()]
         if namespace is not None:
-            keys: Iterable[str] = self._indexes[NAMESPACE_INDEX].get(namespace, set()) if (
-                NAMESPACE_INDEX in self._indexes
-            ) else [k for k, o in self._objects.items() if index_by_namespace(o) == [namespace]]
-        else:
-            keys = self._objects.keys()
-        result = [self._objects[key] for key in keys]
-        if labels:
-            result = [obj for obj in result if _has_labels(obj, labels)]
-        return [copy_object(obj) for obj in result]
+            selections.append(self._indexes[NAMESPACE_INDEX].get(namespace, set()))
+        if not selections:
+            return [copy_object(obj) for obj in self._objects.values()]
+        selections.sort(key=len)
+        keys = set(selections[0]).intersection(*selections[1:])
+        return [copy_object(self._objects[key]) for key in sorted(keys)]
+
+    def add_indexer(self, name: str, func: IndexFunc) -> None:
+        """Add an index, built over what the cache already holds."""
+        if name in self._indexers:
+            raise ValueError(f"index {name!r} exists")
+        self._indexers[name] = func
+        self._indexes[name] = {}
+        for key, obj in self._objects.items():
+            self._index_one(name, key, obj)
 
     def by_index(self, index: str, value: str) -> list[KubeObject]:
-        try:
-            keys = self._indexes[index].get(value, set())
-        except KeyError:
-            raise KeyError(f"no index named {index!r}") from None
-        return [copy_object(self._objects[key]) for key in keys]
+        """Copies of the objects whose ``index`` produces ``value``."""
+        keys = self._indexes[index].get(value, set())
+        return [copy_object(self._objects[key]) for key in sorted(keys)]
 
     def index_keys(self, index: str, value: str) -> set[str]:
+        """The keys of the objects whose ``index`` produces ``value``."""
         return set(self._indexes[index].get(value, set()))
 
     def upsert(self, obj: KubeObject) -> KubeObject | None:
@@ -224,7 +204,3 @@ def _copy_json(value: Any) -> Any:
 def _resource_version(obj: KubeObject) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion", ""))
 
-
-def _has_labels(obj: KubeObject, wanted: Mapping[str, str]) -> bool:
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    return all(labels.get(key) == value for key, value in wanted.items())

@@ -1,17 +1,16 @@
-"""Watch events and the predicates that filter them before anything is enqueued.
+"""Watch events, and the predicate type that filters them before anything is enqueued.
 
 As in controller-runtime, a predicate sees the whole event (old and new object on an
-update) and says whether it is worth a reconcile: `generation_changed` drops
-status-only writes, `labels_changed` lets label edits through, and they compose with
-`all_of` / `any_of` / `negate`.
+update) and says whether it is worth a reconcile (`Controller.watch(..., predicates=)`).
+The module holds no ready-made ones: the shipped controllers use none (their map
+functions choose what to enqueue), and unused ones would be code nothing checks.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from controller.kube.resources import KubeObject
 
@@ -37,59 +36,3 @@ class Event:
 
 
 Predicate = Callable[[Event], bool]
-
-
-def _metadata(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    return (obj or {}).get("metadata") or {}
-
-
-def generation_changed(event: Event) -> bool:
-    """Updates pass only when metadata.generation moved (spec changed)."""
-    if event.type is not EventType.UPDATE:
-        return True
-    return _metadata(event.old).get("generation") != _metadata(event.obj).get("generation")
-
-
-def labels_changed(event: Event) -> bool:
-    if event.type is not EventType.UPDATE:
-        return True
-    return (_metadata(event.old).get("labels") or {}) != (_metadata(event.obj).get("labels") or {})
-
-
-def annotations_changed(event: Event) -> bool:
-    if event.type is not EventType.UPDATE:
-        return True
-    old = _metadata(event.old).get("annotations") or {}
-    return old != (_metadata(event.obj).get("annotations") or {})
-
-
-def resource_version_changed(event: Event) -> bool:
-    """Drops resync no-ops where nothing was written."""
-    if event.type is not EventType.UPDATE:
-        return True
-    old = _metadata(event.old).get("resourceVersion")
-    return old != _metadata(event.obj).get("resourceVersion")
-
-
-def has_label(key: str, value: str | None = None) -> Predicate:
-    """Objects carrying label `key` (with `value`, when given)."""
-
-    def predicate(event: Event) -> bool:
-        labels = _metadata(event.obj).get("labels") or {}
-        if key not in labels:
-            return False
-        return value is None or labels[key] == value
-
-    return predicate
-
-
-def all_of(*predicates: Predicate) -> Predicate:
-    return lambda event: all(predicate(event) for predicate in predicates)
-
-
-def any_of(*predicates: Predicate) -> Predicate:
-    return lambda event: any(predicate(event) for predicate in predicates)
-
-
-def negate(predicate: Predicate) -> Predicate:
-    return lambda event: not predicate(event)

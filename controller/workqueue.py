@@ -62,10 +62,6 @@ class WorkQueue:
         return len(self._queue)
 
     @property
-    def is_shutting_down(self) -> bool:
-        return self._is_shutting_down
-
-    @property
     def processing(self) -> frozenset[Hashable]:
         return frozenset(self._processing)
 

@@ -7,6 +7,10 @@ ours; the runtime images may not import ``kaito``). JSON lines with the keys ``t
 RFC 3339 with milliseconds), ``level`` (lower case), ``logger`` and ``msg``, the keys of
 controller-runtime's zap encoder, then the record's ``extra`` fields, then ``exception``
 when there is one. Messages stay constant; data goes in ``extra``.
+
+Python warnings (a library's DeprecationWarning, torch's UserWarnings) are records too,
+from the ``py.warnings`` logger with the message "python warning": otherwise they reach
+stderr as free text between the JSON lines, which a log pipeline cannot parse.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import logging
 import sys
 import time
+import warnings
 from typing import Any, Literal, TextIO
 
 #: The keys every JSON record starts with, in this order.
@@ -66,12 +71,26 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+WARNINGS_LOGGER = "py.warnings"  # the name logging.captureWarnings uses
+
+
+def log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` in the shared layout: a constant message, the warning's
+    text, category and source location as fields (``file`` and ``line`` are unused)."""
+    logging.getLogger(WARNINGS_LOGGER).warning("python warning", extra={
+        "category": category.__name__, "warning": str(message),
+        "source": f"{filename}:{lineno}"})
+
+
 def configure_logging(
     level: str | int = "INFO", fmt: LogFormat = "json", stream: TextIO | None = None
 ) -> None:
-    """Send every logger's records to stderr (or ``stream``) in the shared layout."""
+    """Send every logger's records, and Python's warnings, to stderr (or ``stream``) in
+    the shared layout."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper() if isinstance(level, str) else level)
+    warnings.showwarning = log_warning

@@ -33,19 +33,10 @@ CONDITION_JOB_STARTED = "JobStarted"
 CONDITION_WORKSPACE_SUCCEEDED = "WorkspaceSucceeded"
 CONDITION_WORKSPACE_READY = "WorkspaceReady"
 
-TuningMethod = Literal["lora", "qlora"]
 TUNING_METHODS: tuple[str, ...] = ("lora", "qlora")
 
 
-class LocalObjectReference(ApiModel):
-    """A reference to an object (a Secret) in the workspace's namespace."""
-
-    name: str = ""
-    """Name of the referent."""
-
-
 PartitionMode = Literal["mig", "accelerator"]
-PARTITION_MODES: tuple[str, ...] = ("mig", "accelerator")
 
 
 class PartitionSpec(ApiModel):

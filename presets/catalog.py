@@ -356,10 +356,6 @@ class HfConfigSource:
         self._missing_until: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    @property
-    def is_configured(self) -> bool:
-        return bool(self.dirs or self.endpoint)
-
     def preset(self, hf_id: str) -> ModelPreset | None:
         with self._lock:
             if hf_id in self._found:

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
 
 from crds.logs import configure_logging
+
+log = logging.getLogger(__name__)
 
 EXIT_REFUSED = 2
 EXIT_FAILED = 3
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging("INFO", "json")
 
     from runtime.oci import Reference, RegistryAuthError, RegistryError, pull_adapter
-    from runtime.termination import write_termination_message
+    from runtime.termination import command_failed
 
     try:
         Reference.parse(args.reference)
@@ -66,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(json.dumps({"files": [str(path) for path in artifact.files]}))
             return 0
-    print(f"error: {message}", file=sys.stderr)
-    write_termination_message(f"kaito pull-adapter: {message}\n")
-    return code
+    return command_failed(log, "kaito pull-adapter", message, code, reference=args.reference)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ import urllib3
 from crds import addresses as address_rules
 from crds.addresses import Address, Network
 from crds.logs import configure_logging
-from runtime.termination import TERMINATION_LOG, write_termination_message
+from runtime.termination import TERMINATION_LOG, command_failed
 
 log = logging.getLogger(__name__)
 
@@ -394,9 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(code: int, message: str, termination_log: str) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    write_termination_message(f"kaito fetch: {message}\n", termination_log)
-    return code
+    return command_failed(log, "kaito fetch", message, code, termination_log=termination_log)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from huggingface_hub import errors
 
-    from runtime.termination import write_termination_message
+    from runtime.termination import command_failed
     configure_logging("INFO", "json")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
@@ -84,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         code = EXIT_FAILED
     else:
         return 0
-    print(f"error: {message}", file=sys.stderr)
-    write_termination_message(f"kaito fetch-model: {message}\n")
-    return code
+    return command_failed(log, "kaito fetch-model", message, code, repo=args.repo)
 
 
 if __name__ == "__main__":

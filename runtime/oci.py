@@ -476,7 +476,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps({"files": [str(p) for p in artifact.files]}))
     except (RegistryError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        log.error("registry command failed", extra={
+            "command": args.command, "reference": args.reference, "error": str(err)})
         return 1
     return 0
 

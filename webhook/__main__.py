@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kaito.logs import configure_logging
+from crds.logs import configure_logging
 from webhook.serve import serve
 from webhook.settings import WebhookSettings
 
@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(argv)
     except ValidationError as error:
-        print(f"kaito webhook: invalid settings:\n{error}", file=sys.stderr)
+        configure_logging()  # the settings that choose the layout are what failed
+        logging.getLogger("webhook").error("invalid settings", extra={"error": str(error)})
         return 2
     configure_logging(settings.log_level, settings.log_format)
 
@@ -74,7 +75,6 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(run())
     except (ValueError, OSError) as error:
         logging.getLogger("webhook").error("webhook failed to start", extra={"error": str(error)})
-        print(f"kaito webhook: {error}", file=sys.stderr)
         return 1
     return 0
 

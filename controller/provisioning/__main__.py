@@ -29,7 +29,7 @@ from controller.provisioning.reconciler import LifecycleSettings
 from controller.provisioning.settings import ProvisionerSettings
 from controller.provisioning.setup import setup_provisioner
 from controller.settings import ControllerSettings
-from kaito.logs import configure_logging
+from crds.logs import configure_logging
 
 log = logging.getLogger("controller.provisioning")
 
@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, options = load(list(sys.argv[1:] if argv is None else argv))
     except ValidationError as exc:
-        print(f"invalid settings: {exc}")
+        configure_logging()  # the settings that choose the layout are what failed
+        log.error("invalid settings", extra={"error": str(exc)})
         return 2
     configure_logging(settings.log_level, settings.log_format)
     # The Azure SDK logs every HTTP request at INFO; our own logs say what matters.

@@ -9,12 +9,10 @@ started) and unique enough (40 bits) across the claims of one cluster.
 from __future__ import annotations
 
 import hashlib
-import re
 from typing import Any
 
 from controller.provisioning.claims import Claim, node_labels_for
 
-POOL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 # Label domains AKS owns (it sets the instance type and OS labels itself).
 _RESERVED_DOMAINS = ("kubernetes.io", "k8s.io", "kubernetes.azure.com")
 CLAIM_TAG = "kaito.sh/nodeclaim"

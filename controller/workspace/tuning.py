@@ -10,10 +10,6 @@ to ``backoffLimit``.
 
 from __future__ import annotations
 
-from typing import Any
-
-import yaml
-
 from controller.workspace.workload import (
     MODEL_DIR,
     JsonDict,
@@ -32,11 +28,11 @@ from controller.workspace.workload import (
     workspace_name,
     workspace_namespace,
 )
+from crds.tuning_config import CONFIG_KEY, Method, default_config_text, with_target_modules
 from crds.workspace import TuningSpec, Workspace
 from presets.catalog import IMAGE_WEIGHTS_PRESETS, GpuSku, ModelPreset
 
 COMPONENT = "tuning"
-CONFIG_KEY = "training_config.yaml"
 CONFIG_DIR = "/mnt/config"
 DATA_DIR = "/mnt/data"
 RESULTS_DIR = "/mnt/results"
@@ -204,51 +200,17 @@ def tuning_config_name(ws: Workspace) -> str:
     return bounded_name(workspace_name(ws), "-tuning-config")
 
 
-def default_training_config(preset: ModelPreset, method: str) -> dict[str, Any]:
-    """Upstream's lora-params-template / qlora-params-template, with two changes: dtypes
-    are ``auto`` (the runtime picks what the GPU computes: V100 and T4 have no bfloat16)
-    and LoraConfig targets the preset's linear layers."""
-    if method not in ("lora", "qlora"):
-        raise ValueError(f"unknown tuning method {method!r}")
-    quantization: dict[str, Any] = {"load_in_4bit": False}
-    if method == "qlora":
-        quantization = {
-            "load_in_4bit": True,
-            "bnb_4bit_quant_type": "nf4",
-            "bnb_4bit_compute_dtype": "auto",
-            "bnb_4bit_use_double_quant": True,
-        }
-    lora: dict[str, Any] = {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0}
-    if preset.lora_target_modules:
-        lora["target_modules"] = list(preset.lora_target_modules)
-    return {
-        "training_config": {
-            "ModelConfig": {"torch_dtype": "auto", "local_files_only": True, "device_map": "auto"},
-            "QuantizationConfig": quantization,
-            "LoraConfig": lora,
-            "TrainingArguments": {
-                "output_dir": RESULTS_DIR,
-                "ddp_find_unused_parameters": False,
-                "save_strategy": "epoch",
-                "per_device_train_batch_size": 1,
-            },
-            # Upstream writes mlm: true, which a causal LM cannot use; the runtime
-            # always trains causally, so say what actually happens.
-            "DataCollator": {"mlm": False},
-            "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
-        }
-    }
-
-
 def build_default_tuning_config(
-    ws: Workspace, preset: ModelPreset, method: str, namespace: str
+    ws: Workspace, preset: ModelPreset, method: Method, namespace: str
 ) -> JsonDict:
-    """The ConfigMap ``<ws>-tuning-config`` holding the method's default training config,
-    used when the workspace names no ``tuning.config``."""
+    """The ConfigMap ``<ws>-tuning-config`` used when the workspace names no
+    ``tuning.config``: the method's default (crds.tuning_config, the one source the shipped
+    templates in config/tuning and the webhook also use) with the preset's LoRA target
+    modules."""
     metadata = object_metadata(ws, tuning_config_name(ws), COMPONENT)
     metadata["namespace"] = namespace
     if namespace != workspace_namespace(ws):  # owners must live in the same namespace
         del metadata["ownerReferences"]
-    text = yaml.safe_dump(default_training_config(preset, method), sort_keys=False)
+    text = with_target_modules(default_config_text(method), preset.lora_target_modules)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
             "data": {CONFIG_KEY: text}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from pydantic import ValidationError
@@ -16,6 +17,8 @@ from pydantic import ValidationError
 from crds.logs import configure_logging
 from runtime.serving.app import serve
 from runtime.serving.settings import ServingSettings
+
+log = logging.getLogger("runtime.serving")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the server; return the process exit code."""
     args = _parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k != "log_level"}
+    configure_logging(args.log_level, "json")
     try:
         settings = ServingSettings(**overrides)
         settings.adapter_specs()
     except (ValidationError, ValueError) as error:
-        print(f"invalid settings: {error}", file=sys.stderr)
+        log.error("invalid settings", extra={"error": str(error)})
         return 2
-    configure_logging(args.log_level, "json")
     asyncio.run(serve(settings))
     return 0
 

@@ -83,13 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         progress.set_phase("failed", str(err))
         write_termination_message(f"invalid input, nothing trained: {err}\n")
         log.error("invalid input, nothing trained", extra={"error": str(err)})
-        print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RegistryError as err:
         progress.set_phase("failed", str(err))
         write_termination_message(f"push failed: {err}\n")
         log.error("push failed", extra={"error": str(err)})
-        print(f"error: {err}", file=sys.stderr)
         return EXIT_PUSH_FAILED
     except BaseException as err:
         progress.set_phase("failed", f"{type(err).__name__}: {err}")

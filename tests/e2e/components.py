@@ -1,18 +1,22 @@
-"""What the e2e modules share to run our components as real processes: a poll-until helper
-and `python -m <component>` started against the test cluster, restartable, killable,
-stoppable and scrapable (the controller and the provisioner both run this way)."""
+"""What the e2e modules share to run our components as real processes: a poll-until helper,
+`python -m <component>` started against the test cluster, restartable, killable,
+stoppable and scrapable (the controller and the provisioner both run this way), and a
+watch that records every revision of one object, to see the order of its conditions."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from kaito.devcluster.process import free_port
 
@@ -92,3 +96,72 @@ class ComponentProcess:
 
     def tail(self) -> str:
         return self.log_path.read_text()[-5000:]
+
+
+class Revisions:
+    """Every revision of one object the API server stores, in the order it stored them:
+    `kubectl get --watch` started before the object exists. A poll can miss a revision or
+    see two writes at once, so only this tells which condition turned True first."""
+
+    def __init__(self, kubectl: Path, kubeconfig: Path, resource: str, name: str,
+                 namespace: str | None = None) -> None:
+        argv = [str(kubectl), "--kubeconfig", str(kubeconfig), "get", resource,
+                "--field-selector", f"metadata.name={name}", "--watch", "-o", "json"]
+        if namespace is not None:
+            argv += ["-n", namespace]
+        self.objects: list[dict[str, Any]] = []
+        self._process = subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                         stderr=subprocess.DEVNULL, text=True)
+        self._reader = threading.Thread(target=self._read, name=f"watch {resource}/{name}",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        decoder, pending = json.JSONDecoder(), ""
+        for line in self._process.stdout:  # kubectl prints each revision as indented JSON
+            pending += line
+            try:
+                obj, end = decoder.raw_decode(pending.lstrip())
+            except ValueError:
+                continue  # the object's remaining lines are still to come
+            self.objects.append(obj)
+            pending = pending.lstrip()[end:]
+
+    def stop(self) -> None:
+        """End the watch (again: nothing); the revisions seen stay."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+        self._reader.join(timeout=10)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.stop()
+
+    def first_true(self, condition_type: str) -> int | None:
+        """The index of the first revision whose ``condition_type`` condition is True."""
+        for index, obj in enumerate(list(self.objects)):
+            for condition in (obj.get("status") or {}).get("conditions") or []:
+                if condition.get("type") == condition_type and condition.get("status") == "True":
+                    return index
+        return None
+
+    def assert_became_true_in_order(self, condition_types: Sequence[str]) -> None:
+        """Each condition turned True in the same write as the one before it or in a
+        later one, never in an earlier one; each of them did turn True."""
+        firsts: dict[str, int] = {}
+        for condition_type in condition_types:
+            index = self.first_true(condition_type)
+            assert index is not None, (
+                f"{condition_type} never True in {len(self.objects)} revisions")
+            firsts[condition_type] = index
+        indices = list(firsts.values())
+        assert indices == sorted(indices), (
+            f"expected {list(condition_types)} in this order; the first revision (of "
+            f"{len(self.objects)}) where each was True: {firsts}")

@@ -4,7 +4,9 @@ own ServiceAccount (a token kubeconfig, the shipped RBAC), NodeClaims, polling h
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +96,23 @@ def delete_claims(cluster: LocalCluster, names: list[str], timeout: float = 60) 
         cluster.kubectl("delete", "nodeclaim", name, "--wait=false", check=False)
     wait_for("the claims gone", lambda: not any(
         get(cluster, "nodeclaim", name) for name in names), timeout=timeout)
+
+
+@contextlib.contextmanager
+def running_provisioner(cluster: LocalCluster, workdir: Path, *, args: list[str],
+                        env: dict[str, str]) -> Iterator[ProvisionerProcess]:
+    """The provisioner as installed (its ServiceAccount and RBAC), started; on the way out
+    it first deletes the claims left, so that no claim with its finalizer outlives it."""
+    process = ProvisionerProcess(install(cluster, workdir), workdir / "provisioner.log",
+                                 args=args, env=env)
+    process.start()
+    try:
+        yield process
+    finally:
+        claims = (get(cluster, "nodeclaims", "-l", "karpenter.sh/nodepool=kaito")
+                  or {"items": []})["items"]
+        try:
+            delete_claims(cluster, [c["metadata"]["name"] for c in claims])
+        finally:
+            process.stop()
+            print(process.tail())

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.e2e
 
 class NodeNeverJoins:
     name = "test"
+    owns_node_objects = True
 
     def __init__(self) -> None:
         self.launched: list[str] = []

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from kaito.devcluster import LocalCluster
-from tests.e2e.components import ComponentProcess, wait_for
+from tests.e2e.components import ComponentProcess, Revisions, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -176,10 +176,14 @@ def controller(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_seed_workspace_tunes_then_serves_its_adapter(
-    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
+    cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess,
+    request: pytest.FixtureRequest,
 ) -> None:
     namespace, name = cluster_namespace, "workspace-tuning-phi-3"
     provisioner = FakeProvisioner(cluster)
+    revisions = Revisions(cluster.bin_dir / "kubectl", cluster.kubeconfig, "workspaces", name,
+                          namespace)
+    request.addfinalizer(revisions.stop)
     started = time.monotonic()
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=SEED)
     timings: dict[str, float] = {}
@@ -220,6 +224,13 @@ def test_seed_workspace_tunes_then_serves_its_adapter(
     assert name in args  # the tuned adapter is served
     wait_for("WorkspaceReady", lambda: reached("WorkspaceReady"), timeout=180)
     assert _is_true(workspace(), "InferenceReady")
+    wait_for("the watch to see it ready", lambda: revisions.first_true("WorkspaceReady")
+             is not None, timeout=30)
+    revisions.stop()
+    # The order the API server stored them in (the waits above only say each got there).
+    revisions.assert_became_true_in_order(
+        ["ResourceReady", "JobStarted", "WorkspaceSucceeded", "InferenceReady",
+         "WorkspaceReady"])
 
     table = cluster.kubectl("get", "workspace", name, "-n", namespace).stdout
     header = table.splitlines()[0].split()
@@ -231,13 +242,14 @@ def test_seed_workspace_tunes_then_serves_its_adapter(
     # Nothing new, nothing written: a touch of the workspace (an unrelated annotation)
     # and a restarted controller (a full relist and resync) make zero API writes.
     settle(controller)
-    before = controller.api_writes()
+    before, reconciles = controller.api_writes(), reconciled(controller)
     cluster.kubectl("annotate", "workspace", name, "-n", namespace, "example.com/touch=1")
-    time.sleep(3)
+    resynced(controller, reconciles + 1)  # the touch was reconciled, and wrote nothing
     assert controller.api_writes() == before
     controller.kill()
+    workspaces = len(_get(cluster, "workspaces", "-A")["items"])
     controller.start()
-    time.sleep(3)
+    resynced(controller, workspaces)
     assert controller.api_writes() == 0
 
     # Deleting the workspace deletes its claim (and, with a provisioner, its node).
@@ -286,6 +298,29 @@ def test_failed_tuning_shows_the_termination_message(
     events = _get(cluster, "events.events.k8s.io", "-n", namespace,
                   "--field-selector", f"regarding.name={name}")["items"]
     assert any(e["reason"] == "TuningJobFailed" and message in e["note"] for e in events)
+
+
+WORKSPACE_CONTROLLER = {"controller": "workspace"}
+
+
+def reconciled(controller: ControllerProcess) -> int:
+    """Reconciles the process has finished since it started, whatever their result."""
+    return int(controller.metric("controller_runtime_reconcile_total", **WORKSPACE_CONTROLLER))
+
+
+def resynced(controller: ControllerProcess, reconciles: int) -> None:
+    """Wait until the controller has finished ``reconciles`` reconciles (after a restart:
+    one per workspace in the cluster) with nothing queued or in flight, then until it stops
+    writing: its writes are then all that pass made (a look before it ran counts none)."""
+
+    def done() -> bool:
+        return (reconciled(controller) >= reconciles
+                and controller.metric("workqueue_depth", **WORKSPACE_CONTROLLER) == 0
+                and controller.metric("controller_runtime_active_workers",
+                                      **WORKSPACE_CONTROLLER) == 0)
+
+    wait_for(f"{reconciles} reconcile(s) done, none queued", done, timeout=60)
+    settle(controller)
 
 
 def settle(controller: ControllerProcess, quiet_seconds: float = 3.0) -> None:

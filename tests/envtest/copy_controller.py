@@ -7,9 +7,9 @@ from __future__ import annotations
 import sys
 
 from controller.__main__ import Closer, main
-from controller.configmap_copy import setup_configmap_copy
 from controller.manager import Manager
 from controller.settings import ControllerSettings
+from tests.envtest.configmap_copy import setup_configmap_copy
 
 
 def setup_copy(manager: Manager, settings: ControllerSettings) -> Closer | None:

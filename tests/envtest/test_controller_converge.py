@@ -16,12 +16,6 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controller.configmap_copy import (
-    COPIED_BY_ANNOTATION,
-    COPY_OF_LABEL,
-    SOURCE_LABEL,
-    setup_configmap_copy,
-)
 from controller.controller import Controller
 from controller.kube import CONFIGMAPS, KubeClient
 from controller.leader import LeaseElector
@@ -29,6 +23,12 @@ from controller.manager import Manager
 from controller.metrics import Metrics
 from controller.reconcile import Reconciler, Request, Result
 from kaito.devcluster import LocalCluster
+from tests.envtest.configmap_copy import (
+    COPIED_BY_ANNOTATION,
+    COPY_OF_LABEL,
+    SOURCE_LABEL,
+    setup_configmap_copy,
+)
 
 pytestmark = pytest.mark.envtest
 

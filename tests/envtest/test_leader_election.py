@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from controller.configmap_copy import COPIED_BY_ANNOTATION, setup_configmap_copy
 from controller.kube import CONFIGMAPS, LEASES, KubeClient, NotFound
 from controller.leader import LeaderElectionLost, LeaseElector, micro_time
 from controller.manager import Manager
 from controller.metrics import Metrics
 from kaito.devcluster import LocalCluster
 from kaito.devcluster.process import free_port
+from tests.envtest.configmap_copy import COPIED_BY_ANNOTATION, setup_configmap_copy
 from tests.envtest.test_controller_converge import (
     copies,
     metric_values,

@@ -22,6 +22,7 @@ from runtime.oci import (
     pull_adapter,
     push_adapter,
 )
+from tests.log_lines import error_record
 from tests.runtime.conftest import RegistryInfo, dockerconfigjson_for
 
 pytestmark = pytest.mark.runtime
@@ -138,4 +139,7 @@ def test_sidecar_cli_pushes_after_the_sentinel(
          str(tmp_path / "x"), "--dockerconfigjson", str(wrong)],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )
-    assert refused.returncode == 1 and "rejected the credentials" in refused.stderr
+    assert refused.returncode == 1
+    error = error_record(refused.stderr)
+    assert error["msg"] == "registry command failed" and error["command"] == "pull"
+    assert "rejected the credentials" in error["error"]

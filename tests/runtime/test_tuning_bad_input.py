@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from runtime.tuning.__main__ import EXIT_BAD_INPUT, main
+from tests.log_lines import error_record
 from tests.runtime.conftest import RegistryInfo, dockerconfigjson_for, dolly_rows
 
 pytestmark = pytest.mark.runtime
@@ -34,7 +35,9 @@ def _run(tmp_path: Path, model: Path, capsys: pytest.CaptureFixture[str],
     assert not (tmp_path / "out" / "checkpoints").exists()
     progress = json.loads((tmp_path / "out" / "progress.json").read_text())
     assert progress["phase"] == "failed" and progress["step"] == 0
-    return code, capsys.readouterr().err
+    error = error_record(capsys.readouterr().err)
+    assert error["msg"] in ("invalid input, nothing trained", "push failed")
+    return code, error["error"]
 
 
 def test_wrong_columns(tmp_path: Path, smollm2_path: Path, capsys: pytest.CaptureFixture[str],

@@ -36,6 +36,22 @@ UPSTREAM_EXAMPLE_PRESETS = [
     "falcon-40b-instruct",
 ]
 
+# Every preset the catalog holds (presets/catalog.md): upstream v0.12's curated models, the
+# older built-ins its examples name, and this project's smollm2-135m-instruct.
+CATALOG_PRESETS = [
+    "phi-3-mini-4k-instruct", "phi-3-mini-128k-instruct", "phi-3-medium-4k-instruct",
+    "phi-3-medium-128k-instruct", "phi-3.5-mini-instruct", "phi-4", "phi-4-mini-instruct",
+    "phi-2", "mistral-7b", "mistral-7b-instruct", "ministral-3-3b-instruct",
+    "ministral-3-8b-instruct", "ministral-3-14b-instruct", "mistral-large-3-675b-instruct",
+    "llama-3.1-8b-instruct", "llama-3.3-70b-instruct", "qwen2.5-coder-7b-instruct",
+    "qwen2.5-coder-32b-instruct", "qwen3-8b-awq", "deepseek-r1-0528", "deepseek-v3-0324",
+    "deepseek-r1-distill-llama-8b", "deepseek-r1-distill-qwen-14b", "gemma-3-4b-instruct",
+    "gemma-3-27b-instruct", "gpt-oss-20b", "gpt-oss-120b", "nemotron-3-nano-4b",
+    "nemotron-3-nano-30b-a3b", "nemotron-3-super-120b-a12b", "nemotron-cascade-2-30b-a3b",
+    "nemotron-nano-9b-v2", "nemotron-nano-12b-v2-vl", "falcon-7b", "falcon-7b-instruct",
+    "falcon-40b", "falcon-40b-instruct", "smollm2-135m-instruct",
+]
+
 # Average stored bits per parameter each storage format allows (quantized formats keep
 # embeddings, norms and often attention in 16 bits, so they sit above their nominal width).
 BITS_PER_PARAM = {"none": (14.7, 17.3), "fp8": (7.6, 10.5), "mxfp4": (4.2, 6.5),
@@ -125,7 +141,14 @@ def test_upstream_example_presets_are_all_in_the_catalog() -> None:
     catalog = load_catalog()
     missing = [name for name in UPSTREAM_EXAMPLE_PRESETS if catalog.preset(name) is None]
     assert missing == []
-    assert len(catalog.models) >= 38
+
+
+def test_the_catalog_holds_exactly_its_38_presets() -> None:
+    """presets/catalog.md's list, no more, no fewer: a preset dropped or added by mistake
+    (a bad merge, a renamed key) changes what the webhook admits."""
+    catalog = load_catalog()
+    assert sorted(catalog.models) == sorted(CATALOG_PRESETS)
+    assert len(catalog.models) == 38
 
 
 def test_a_preset_is_found_by_its_hugging_face_id_in_any_case() -> None:

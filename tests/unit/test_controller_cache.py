@@ -1,4 +1,4 @@
-"""The informer cache and its indexes."""
+"""The informer cache: copies out, and namespace and label reads that follow every write."""
 
 from __future__ import annotations
 
@@ -6,18 +6,7 @@ from typing import Any
 
 import pytest
 
-from controller.cache import (
-    CONTROLLER_UID_INDEX,
-    LABEL_INDEX,
-    NAMESPACE_INDEX,
-    OWNER_UID_INDEX,
-    Cache,
-    index_by_label,
-    index_by_namespace,
-    object_key,
-    split_key,
-    strip_managed_fields,
-)
+from controller.cache import Cache, object_key, split_key, strip_managed_fields
 
 pytestmark = pytest.mark.unit
 
@@ -44,31 +33,29 @@ def test_keys() -> None:
         split_key("a/b/c")
 
 
-def test_namespace_label_and_owner_indexes_follow_updates_and_deletes() -> None:
+def test_namespace_and_label_reads_follow_updates_and_deletes() -> None:
     cache = Cache()
-    owner = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "name": "ws", "uid": "u1",
-             "controller": True}
-    cache.upsert(cm("a", labels={"app": "x"}, ownerReferences=[owner]))
-    cache.upsert(cm("b", labels={"app": "y"}, ownerReferences=[{**owner, "controller": False}]))
+    cache.upsert(cm("a", labels={"app": "x", "tier": "gpu"}))
+    cache.upsert(cm("b", labels={"app": "y"}))
     cache.upsert(cm("c", "other", labels={"app": "x"}))
-    assert names(cache.by_index(NAMESPACE_INDEX, "ns")) == ["a", "b"]
-    assert names(cache.by_index(LABEL_INDEX, "app=x")) == ["a", "c"]
-    assert names(cache.by_index(OWNER_UID_INDEX, "u1")) == ["a", "b"]
-    assert names(cache.by_index(CONTROLLER_UID_INDEX, "u1")) == ["a"]
-    assert names(cache.objects("ns", labels={"app": "y"})) == ["b"]
-    assert names(cache.objects()) == ["a", "b", "c"]
+    cache.upsert(cm("node", None, labels={"app": "x"}))
+    assert names(cache.objects("ns")) == ["a", "b"]
+    assert names(cache.objects(labels={"app": "x"})) == ["a", "c", "node"]
+    assert names(cache.objects("ns", labels={"app": "x"})) == ["a"]
+    assert names(cache.objects(labels={"app": "x", "tier": "gpu"})) == ["a"]
+    assert cache.objects(labels={"app": "x", "tier": "cpu"}) == []
+    assert cache.objects("nowhere") == []
+    assert names(cache.objects()) == ["a", "b", "c", "node"]
 
-    cache.upsert(cm("a", rv="2", labels={"app": "y"}))  # relabelled and orphaned
-    assert names(cache.by_index(LABEL_INDEX, "app=x")) == ["c"]
-    assert names(cache.by_index(LABEL_INDEX, "app=y")) == ["a", "b"]
-    assert names(cache.by_index(OWNER_UID_INDEX, "u1")) == ["b"]
+    cache.upsert(cm("a", rv="2", labels={"app": "y"}))  # relabelled
+    assert names(cache.objects(labels={"app": "x"})) == ["c", "node"]
+    assert names(cache.objects("ns", labels={"app": "y"})) == ["a", "b"]
+    assert cache.objects(labels={"tier": "gpu"}) == []
 
     assert cache.delete("ns/b") is not None
-    assert cache.by_index(OWNER_UID_INDEX, "u1") == []
     assert cache.delete("ns/b") is None
-    assert cache.index_keys(LABEL_INDEX, "app=y") == {"ns/a"}
-    with pytest.raises(KeyError):
-        cache.by_index("nope", "x")
+    assert names(cache.objects("ns")) == ["a"]
+    assert names(cache.objects(labels={"app": "y"})) == ["a"]
 
 
 def test_replace_reports_added_updated_deleted() -> None:
@@ -85,26 +72,17 @@ def test_replace_reports_added_updated_deleted() -> None:
     assert "ns/gone" not in cache and len(cache) == 3
 
 
-def test_custom_index_added_late_covers_existing_objects() -> None:
-    cache = Cache()
-    cache.upsert(cm("a", annotations={"model": "phi-3"}))
-    cache.add_indexer("model", lambda o: [o["metadata"].get("annotations", {}).get("model", "")])
-    assert names(cache.by_index("model", "phi-3")) == ["a"]
-    with pytest.raises(ValueError):
-        cache.add_indexer("model", lambda o: [])
-
-
 def test_strip_managed_fields() -> None:
     obj = cm("a", managedFields=[{"manager": "kubectl"}])
     assert "managedFields" not in strip_managed_fields(obj)["metadata"]
 
 
 def test_reads_hand_out_copies_the_caller_cannot_corrupt_the_cache_with() -> None:
-    cache = Cache({LABEL_INDEX: index_by_label, NAMESPACE_INDEX: index_by_namespace})
+    cache = Cache()
     cache.upsert({"metadata": {"name": "a", "namespace": "ns", "labels": {"x": "1"}},
                   "data": {"k": ["v"]}})
-    reads = [cache.get("ns/a"), cache.get_by_name("a", "ns"), cache.objects("ns")[0],
-             cache.by_index(LABEL_INDEX, "x=1")[0], next(iter(cache))]
+    reads = [cache.get("ns/a"), cache.objects("ns")[0], cache.objects(labels={"x": "1"})[0],
+             cache.objects()[0], next(iter(cache))]
     for obj in reads:
         assert obj is not None
         obj["data"]["k"].append("changed")

@@ -8,11 +8,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from controller.configmap_copy import COPY_OF_LABEL, desired_copy, is_up_to_date
 from controller.controller import Controller
 from controller.kube import CONFIGMAPS, KubeClient
 from controller.manager import Manager
 from controller.reconcile import Request, Result
+from tests.envtest.configmap_copy import COPY_OF_LABEL, desired_copy, is_up_to_date
 from tests.unit.test_controller_kube_client import (
     FakeApiServer,
     make_client,

@@ -1,4 +1,4 @@
-"""Predicates and event-to-request mapping (owner refs and labels)."""
+"""Watch events and event-to-request mapping (owner refs and labels)."""
 
 from __future__ import annotations
 
@@ -7,18 +7,7 @@ from typing import Any
 import pytest
 
 from controller.handlers import enqueue_by_labels, enqueue_object, enqueue_owner
-from controller.predicates import (
-    Event,
-    EventType,
-    all_of,
-    annotations_changed,
-    any_of,
-    generation_changed,
-    has_label,
-    labels_changed,
-    negate,
-    resource_version_changed,
-)
+from controller.predicates import Event, EventType
 from controller.reconcile import Request
 
 pytestmark = pytest.mark.unit
@@ -33,38 +22,6 @@ def obj(name: str = "w", namespace: str | None = "ns", **meta: Any) -> dict[str,
 
 def update(old: dict[str, Any], new: dict[str, Any]) -> Event:
     return Event(EventType.UPDATE, new, old)
-
-
-def test_generation_changed_drops_status_only_updates() -> None:
-    assert not generation_changed(update(obj(generation=1), obj(generation=1)))
-    assert generation_changed(update(obj(generation=1), obj(generation=2)))
-    assert generation_changed(Event(EventType.CREATE, obj(generation=1)))
-    assert generation_changed(Event(EventType.DELETE, obj(generation=1)))
-
-
-def test_label_annotation_and_version_predicates() -> None:
-    assert labels_changed(update(obj(labels={"a": "1"}), obj(labels={"a": "2"})))
-    assert not labels_changed(update(obj(labels={"a": "1"}), obj(labels={"a": "1"})))
-    assert not labels_changed(update(obj(), obj(labels={})))
-    assert annotations_changed(update(obj(), obj(annotations={"x": "y"})))
-    assert not resource_version_changed(
-        update(obj(resourceVersion="5"), obj(resourceVersion="5"))
-    )
-    assert resource_version_changed(update(obj(resourceVersion="5"), obj(resourceVersion="6")))
-
-
-def test_predicates_compose() -> None:
-    spec_or_labels = any_of(generation_changed, labels_changed)
-    status_only = update(obj(generation=1, labels={"a": "1"}), obj(generation=1, labels={"a": "1"}))
-    relabelled = update(obj(generation=1, labels={"a": "1"}), obj(generation=1, labels={"a": "2"}))
-    assert not spec_or_labels(status_only)
-    assert spec_or_labels(relabelled)
-    labelled = has_label("team", "ml")
-    assert labelled(Event(EventType.CREATE, obj(labels={"team": "ml"})))
-    assert not labelled(Event(EventType.CREATE, obj(labels={"team": "web"})))
-    assert has_label("team")(Event(EventType.CREATE, obj(labels={"team": "web"})))
-    assert not all_of(labelled, generation_changed)(Event(EventType.CREATE, obj()))
-    assert negate(labelled)(Event(EventType.CREATE, obj()))
 
 
 def test_update_events_need_the_old_object() -> None:

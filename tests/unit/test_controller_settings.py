@@ -17,7 +17,8 @@ from cryptography.x509.oid import NameOID
 from controller.__main__ import load_settings, main
 from controller.kube import KubeClient
 from controller.settings import ControllerSettings
-from kaito.logs import JsonFormatter
+from crds.logs import JsonFormatter
+from tests.log_lines import error_record
 
 pytestmark = pytest.mark.unit
 
@@ -58,10 +59,11 @@ def test_bad_settings_are_rejected_with_exit_code_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["--workers", "0"]) == 2
-    assert "workers" in capsys.readouterr().out
+    error = error_record(capsys.readouterr().err)
+    assert error["msg"] == "invalid settings" and "workers" in error["error"]
     monkeypatch.setenv("KAITO_LEADER_ELECTION__RENEW_DEADLINE_SECONDS", "20")
     assert main([]) == 2
-    assert "renew_deadline_seconds" in capsys.readouterr().out
+    assert "renew_deadline_seconds" in error_record(capsys.readouterr().err)["error"]
 
 
 def write_self_signed_ca(path: Path) -> None:
@@ -122,3 +124,13 @@ def test_claim_retry_backoff_comes_from_the_environment(monkeypatch: pytest.Monk
     monkeypatch.setenv("KAITO_WORKSPACE__CLAIM_RETRY_MAX_SECONDS", "1")
     with pytest.raises(ValueError, match="claim_retry_max_seconds"):
         ControllerSettings()
+
+
+def test_the_provisioner_rejects_bad_settings_with_a_log_record(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    from controller.provisioning.__main__ import main as provisioner_main
+
+    assert provisioner_main(["--backend", "local", "--workers", "0"]) == 2
+    error = error_record(capsys.readouterr().err)
+    assert error["msg"] == "invalid settings" and "workers" in error["error"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from runtime import fetch
+from tests.log_lines import error_record
 
 PAYLOAD = b"prompt,completion\nhi,hello\n" * 100
 FAST = ["--backoff-seconds", "0.01", "--timeout-seconds", "5"]
@@ -150,9 +151,12 @@ def test_loopback_is_refused_without_the_allow_list(
     assert code == fetch.EXIT_REFUSED
     assert server.requests == []  # never connected
     assert files_in(dest) == []
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error.startswith("error: refused: ")
-    assert "127.0.0.1" in error and "secret" not in error
+    stderr = capsys.readouterr().err
+    error = error_record(stderr)
+    assert error["msg"] == "command failed" and error["command"] == "kaito fetch"
+    assert error["exit_code"] == fetch.EXIT_REFUSED
+    assert error["error"].startswith("refused: ")
+    assert "127.0.0.1" in error["error"] and "secret" not in stderr
     assert "not a public address" in log.read_text()
 
 
@@ -244,7 +248,7 @@ def test_a_404_fails_without_retrying(
     assert code == fetch.EXIT_FAILED
     assert server.requests == ["/missing"]
     assert "HTTP 404" in log.read_text()
-    assert "HTTP 404" in capsys.readouterr().err
+    assert "HTTP 404" in error_record(capsys.readouterr().err)["error"]
     assert files_in(dest) == []
 
 
@@ -273,7 +277,9 @@ def test_bad_urls_are_refused_before_any_download(
     assert code == fetch.EXIT_REFUSED
     assert server.requests == []
     assert files_in(dest) == []
-    assert "pw" not in capsys.readouterr().err
+    stderr = capsys.readouterr().err
+    assert error_record(stderr)["error"].startswith("refused: ")
+    assert "pw" not in stderr
 
 
 def test_file_names_are_safe() -> None:
@@ -365,7 +371,9 @@ def test_pull_adapter_refuses_a_reference_without_a_registry(
     from kaito.cli import main
 
     assert main(["pull-adapter", "--reference", "adapter-only", "--dest", str(tmp_path)]) == 2
-    assert "no registry host" in capsys.readouterr().err
+    error = error_record(capsys.readouterr().err)
+    assert (error["msg"], error["command"]) == ("command failed", "kaito pull-adapter")
+    assert "no registry host" in error["error"]
 
 
 def test_pull_adapter_merges_the_auths_of_every_secret(tmp_path: Path) -> None:
@@ -382,3 +390,20 @@ def test_pull_adapter_merges_the_auths_of_every_secret(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="not a .dockerconfigjson"):
         merged_dockerconfig([tmp_path / "bad.json"])
+
+
+def test_fetch_model_failure_is_a_record_and_the_termination_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime import fetch_model
+
+    termination_log = tmp_path / "termination-log"
+    monkeypatch.setenv("KAITO_TERMINATION_LOG", str(termination_log))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: the download cannot work
+    code = fetch_model.main(["--repo", "example/not-cached-here", "--dest", str(tmp_path / "m")])
+    assert code == fetch_model.EXIT_FAILED
+    error = error_record(capsys.readouterr().err)
+    assert (error["msg"], error["command"]) == ("command failed", "kaito fetch-model")
+    assert error["repo"] == "example/not-cached-here" and error["exit_code"] == code
+    assert error["error"].startswith("download of example/not-cached-here failed: ")
+    assert termination_log.read_text() == f"kaito fetch-model: {error['error']}\n"

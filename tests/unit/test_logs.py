@@ -7,13 +7,13 @@ import io
 import json
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import kaito.logs
-from crds.logs import RECORD_KEYS, JsonFormatter, TextFormatter, configure_logging
+from crds.logs import RECORD_KEYS, configure_logging
 
 pytestmark = pytest.mark.unit
 
@@ -73,23 +73,20 @@ def test_every_component_configures_the_shared_layout(component: str) -> None:
     imported = {node.module for node in ast.walk(tree)
                 if isinstance(node, ast.ImportFrom) and any(
                     alias.name == "configure_logging" for alias in node.names)}
-    assert imported <= {"crds.logs", "kaito.logs"} and imported
+    assert imported == {"crds.logs"}
 
 
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
     root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
+    saved = (root.handlers[:], root.level, warnings.showwarning)
     stream = io.StringIO()
     yield stream
-    root.handlers[:], root.level = saved[0], saved[1]
+    root.handlers[:], root.level, warnings.showwarning = saved
 
 
-@pytest.mark.parametrize("setup", [configure_logging, kaito.logs.configure_logging],
-                         ids=["runtime (crds.logs)", "operator (kaito.logs)"])
-def test_json_records_have_the_shared_keys(setup: object, captured: io.StringIO) -> None:
-    assert callable(setup)
-    setup("INFO", "json", captured)
+def test_json_records_have_the_shared_keys(captured: io.StringIO) -> None:
+    configure_logging("INFO", "json", captured)
     log = logging.getLogger("runtime.tuning")
     log.info("step done", extra={"step": 3, "loss": 1.25})
     try:
@@ -106,6 +103,35 @@ def test_json_records_have_the_shared_keys(setup: object, captured: io.StringIO)
     assert second["level"] == "error" and "ValueError: boom" in second["exception"]
 
 
+def test_python_warnings_are_records_of_the_shared_layout(captured: io.StringIO) -> None:
+    configure_logging("INFO", "json", captured)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("use the new flag", DeprecationWarning, stacklevel=1)
+    (record,) = (json.loads(line) for line in captured.getvalue().splitlines())
+    assert list(record)[:4] == list(RECORD_KEYS)
+    assert (record["level"], record["logger"], record["msg"]) == (
+        "warning", "py.warnings", "python warning")
+    assert record["category"] == "DeprecationWarning"
+    assert record["warning"] == "use the new flag"
+    assert record["source"].startswith(__file__ + ":")
+
+
+def test_runtime_commands_report_errors_as_log_records() -> None:
+    """No runtime module writes free text to stderr: a failure is a log record (its
+    fields are what a log pipeline and the tests read)."""
+    writers = []
+    for path, tree in _sources():
+        if not path.startswith("runtime/"):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and "stderr" in ast.unparse(node) and (
+                    isinstance(node.func, ast.Name) and node.func.id == "print"
+                    or isinstance(node.func, ast.Attribute) and node.func.attr == "write"):
+                writers.append(f"{path}:{node.lineno}")
+    assert writers == []
+
+
 def test_text_layout_carries_the_same_fields(captured: io.StringIO) -> None:
     configure_logging("INFO", "text", captured)
     logging.getLogger("webhook").warning("certificate renewed", extra={"days_left": 29})
@@ -113,8 +139,3 @@ def test_text_layout_carries_the_same_fields(captured: io.StringIO) -> None:
     assert re.fullmatch(
         r"\S+Z warning webhook: certificate renewed days_left=29", line
     ), line
-
-
-def test_operator_and_runtime_share_the_same_classes() -> None:
-    assert kaito.logs.JsonFormatter is JsonFormatter
-    assert kaito.logs.TextFormatter is TextFormatter

@@ -9,6 +9,7 @@ import pytest
 from runtime.serving.__main__ import main
 from runtime.serving.loader import AdapterSpec
 from runtime.serving.settings import ServingSettings
+from tests.log_lines import error_record
 
 pytestmark = pytest.mark.unit
 
@@ -64,4 +65,5 @@ def test_environment_supplies_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_bad_settings_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
-    assert "invalid settings" in capsys.readouterr().err
+    error = error_record(capsys.readouterr().err)
+    assert error["msg"] == "invalid settings" and error["error"]

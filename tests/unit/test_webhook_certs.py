@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.log_lines import error_record
 from webhook.certs import (
     SECRET_TLS_KEY,
     Bundle,
@@ -181,4 +182,5 @@ def test_settings_from_env_and_flags(monkeypatch: pytest.MonkeyPatch,
     assert "kaito-webhook.ops.svc" in settings.dns_names()
     assert _settings(["--port", "9999"]).port == 9999
     assert main(["--port", "70000"]) == 2
-    assert "invalid settings" in capsys.readouterr().err
+    error = error_record(capsys.readouterr().err)
+    assert error["msg"] == "invalid settings" and "port" in error["error"]

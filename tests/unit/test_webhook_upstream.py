@@ -17,7 +17,6 @@ import jsonpatch
 import pytest
 import yaml
 
-from controller.workspace import tuning as tuning_builders
 from controller.workspace.nodes import (
     NodePlan,
     byo_fit_problem,
@@ -26,15 +25,18 @@ from controller.workspace.nodes import (
     nodes_gpu_sku,
 )
 from controller.workspace.status import Observed, plan_status
+from controller.workspace.tuning import build_default_tuning_config
 from crds.tuning_config import (
     CONFIG_KEY,
     DEFAULT_TEMPLATE_NAMES,
+    Method,
     default_config_document,
     parse_training_config_text,
     with_target_modules,
 )
 from crds.workspace import Workspace
 from presets.catalog import HfConfigSource, load_catalog
+from tests.unit.test_workspace_builders import seed
 from webhook.admission import AdmissionOptions, ConfigMapUnavailable, check, mutate
 from webhook.review import AdmissionReview
 
@@ -124,15 +126,22 @@ def test_default_kustomization_ships_the_templates() -> None:
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_template_with_target_modules_is_what_the_controller_built_in(method: str) -> None:
-    # The controller's built-in default and the shipped template plus the preset's target
-    # modules are the same config, so a cluster without the templates behaves the same.
+def test_the_controllers_default_config_map_is_the_shipped_template_with_target_modules(
+    method: Method,
+) -> None:
+    # A cluster without the templates (an operator deleted them) tunes with the same config
+    # as one with them: the ConfigMap the controller makes holds the shipped template plus
+    # the preset's LoRA target modules.
     preset = load_catalog().preset("phi-3-mini-4k-instruct")
-    assert preset is not None
+    assert preset is not None and preset.lora_target_modules
     shipped = next(doc for doc in TEMPLATES
                    if doc["metadata"]["name"] == DEFAULT_TEMPLATE_NAMES[method])
-    text = with_target_modules(str(shipped["data"][CONFIG_KEY]), preset.lora_target_modules)
-    assert yaml.safe_load(text) == tuning_builders.default_training_config(preset, method)
+    expected = yaml.safe_load(
+        with_target_modules(str(shipped["data"][CONFIG_KEY]), preset.lora_target_modules))
+    built = build_default_tuning_config(seed(), preset, method, "default")
+    assert yaml.safe_load(built["data"][CONFIG_KEY]) == expected
+    lora = expected["training_config"]["LoraConfig"]
+    assert lora["target_modules"] == list(preset.lora_target_modules)
 
 
 def test_target_modules_of_the_users_config_win() -> None:

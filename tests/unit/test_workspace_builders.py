@@ -31,6 +31,7 @@ from controller.workspace.workload import (
     owner_reference,
     workspace_labels,
 )
+from crds.tuning_config import Method
 from crds.workspace import Workspace
 from presets.catalog import IMAGE_WEIGHTS_PRESETS, GpuSku, ModelPreset, load_catalog
 from presets.memory import inference_node_count
@@ -350,7 +351,7 @@ def test_fetch_allow_list_reaches_the_fetch_container() -> None:
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
-def test_default_tuning_config_is_what_the_runtime_accepts(method: str) -> None:
+def test_default_tuning_config_is_what_the_runtime_accepts(method: Method) -> None:
     ws = seed()
     phi = preset("phi-3-mini-128k-instruct")
     config_map = build_default_tuning_config(ws, phi, method, "default")
@@ -359,7 +360,7 @@ def test_default_tuning_config_is_what_the_runtime_accepts(method: str) -> None:
     assert config_map["metadata"]["namespace"] == "default"
     assert config_map["metadata"]["ownerReferences"] == [owner_reference(ws)]
     document = yaml.safe_load(config_map["data"]["training_config.yaml"])
-    parsed = parse_training_config(document, method)  # type: ignore[arg-type]
+    parsed = parse_training_config(document, method)
     assert parsed.lora.target_modules == list(phi.lora_target_modules)
     assert (parsed.lora.r, parsed.lora.lora_alpha) == (8, 8)
     assert parsed.model.torch_dtype == "auto"
