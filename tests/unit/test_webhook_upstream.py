@@ -104,6 +104,28 @@ async def test_upstream_example_gets_upstreams_decision(example: dict[str, Any])
         assert example["message"] in text
 
 
+async def test_a_preset_that_fits_only_across_nodes_is_refused_naming_a_one_node_sku() -> None:
+    """Upstream's count x node rule would admit phi-4 (~30 GiB) on two 16 GiB nodes; no
+    engine here serves one model across nodes, so the AdmissionReview is a denial naming
+    the smallest SKU that serves it on one node, and that SKU is admitted."""
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"instanceType": "Standard_NC6s_v3", "count": 2,
+                        "labelSelector": {"matchLabels": {"apps": "phi-4"}}},
+           "inference": {"preset": {"name": "phi-4"}}}
+    catalog, reader = load_catalog(), Reader()
+    options = AdmissionOptions(operator_namespace=OPERATOR_NAMESPACE)
+    denied = (await check(_review(obj), catalog, reader, options=options))["response"]
+    assert denied["allowed"] is False
+    assert denied["status"]["code"] == 422
+    assert denied["status"]["message"].endswith(
+        "resource.instanceType: Invalid value: Insufficient total GPU memory: preset phi-4 "
+        "needs 30 GiB of GPU memory; one Standard_NC6s_v3 node has 16 GiB and this operator "
+        "serves a model on one node only: use Standard_NC12s_v3 (32 GiB) or larger")
+    is_allowed, text, _ = await admit(
+        {**obj, "resource": {**obj["resource"], "instanceType": "Standard_NC12s_v3"}})
+    assert is_allowed, text
+
+
 def test_shipped_templates_are_the_shared_defaults_and_parse_with_the_runtime_schema() -> None:
     by_name = {doc["metadata"]["name"]: doc for doc in TEMPLATES}
     assert set(by_name) == set(DEFAULT_TEMPLATE_NAMES.values())
