@@ -32,11 +32,13 @@ Tuning (one pod on one node):
 
 Where the runtimes run, and so which memory counts (see presets/memory.md):
     tuning    one GPU: the fit is per GPU, whatever the SKU's GPU count.
-    serving   upstream's rule, count x the SKU's total GPU memory, decides admission (so
-              upstream's examples keep their allow/deny), but this serving runtime
-              (runtime/serving/loader.py, model.to("cuda")) also uses one GPU per pod and
-              does not shard across pods; ``inference_fits_one_gpu`` says whether a
-              replica really fits, and the webhook warns when it does not.
+    serving   one node: the serving pod asks for every GPU of its node and the engine
+              shards the weights over them (runtime/serving/loader.py, device_map="auto"),
+              but no engine here serves one model across nodes. So a preset fits a SKU
+              when it fits ONE node's total GPU memory (``inference_fits_node``), whatever
+              resource.count says: count is the number of replicas, each on its own node.
+              The webhook refuses what does not fit and the controller checks
+              bring-your-own nodes with the same rule (``inference_fit_problem``).
 
 Defaults follow this project's tuning runtime (runtime/tuning/config.py): batch 1, sequence
 length min(context, 1024) (DatasetConfig.max_seq_length), LoRA rank 8, and no gradient
@@ -50,7 +52,6 @@ in the catalog, within the tolerances stated there and tabled in presets/memory.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from presets.catalog import GIB, Catalog, GpuSku, ModelPreset
@@ -63,7 +64,6 @@ QLORA_BYTES_PER_LINEAR_PARAM = (4 + 0.127) / 8
 ADAPTER_STATE_BYTES_PEFT = 16
 ADAPTER_STATE_BYTES_BF16 = 12
 TUNING_DEVICES = 1  # GPUs one tuning pod computes on (runtime/tuning/model.py)
-SERVING_DEVICES_PER_POD = 1  # GPUs one serving pod loads the model onto (runtime/serving)
 
 
 @dataclass(frozen=True)
@@ -149,21 +149,48 @@ def tuning_estimate(preset: ModelPreset, shape: TuningShape) -> TuningEstimate:
     )
 
 
-def inference_fits_one_gpu(preset: ModelPreset, sku: GpuSku) -> bool:
-    """Whether one replica fits the GPUs a serving pod of this runtime really uses."""
-    return inference_gib(preset) <= sku.gpu_memory_gib * SERVING_DEVICES_PER_POD
+def inference_fits_node(preset: ModelPreset, sku: GpuSku) -> bool:
+    """Whether one replica fits one node of the SKU: the serving engine shards the weights
+    over the node's GPUs, never across nodes (the one serving-fit rule)."""
+    return inference_gib(preset) <= sku.total_gpu_memory_gib
 
 
-def inference_node_count(preset: ModelPreset, sku: GpuSku) -> int:
-    """Nodes of this SKU needed to hold the preset for serving (at least 1)."""
-    return max(1, math.ceil(inference_gib(preset) / sku.total_gpu_memory_gib))
+def smallest_inference_sku(catalog: Catalog, preset: ModelPreset) -> GpuSku | None:
+    """The SKU with the least total GPU memory that serves the preset on one node (ties:
+    cheapest), or None when no SKU of the catalog does."""
+    fitting = [s for s in catalog.skus.values() if inference_fits_node(preset, s)]
+    if not fitting:
+        return None
+    return min(fitting, key=lambda s: (s.total_gpu_memory_gib, s.price_per_hour_usd, s.name))
+
+
+def inference_fit_problem(
+    preset: ModelPreset, sku: GpuSku, catalog: Catalog | None, *, node: str | None = None
+) -> str | None:
+    """Why one node of ``sku`` cannot serve the preset, naming the smallest SKU of the
+    catalog that can; None when it fits. ``node`` describes the node in the message
+    (default: the SKU's name; bring-your-own nodes are described by their GPUs)."""
+    if inference_fits_node(preset, sku):
+        return None
+    smallest = smallest_inference_sku(catalog, preset) if catalog is not None else None
+    hint = (f"use {smallest.name} ({_gib(smallest.total_gpu_memory_gib)} GiB) or larger"
+            if smallest is not None else "no instance type of the catalog holds it"
+            if catalog is not None else "select nodes with more GPU memory")
+    return (f"preset {preset.name} needs {inference_gib(preset):.0f} GiB of GPU memory; one "
+            f"{node or sku.name} node has {_gib(sku.total_gpu_memory_gib)} GiB and this operator "
+            f"serves a model on one node only: {hint}")
+
+
+def _gib(value: float) -> str:
+    """``16`` or ``22.5``: one decimal at most."""
+    return f"{value:.1f}".removesuffix(".0")
 
 
 def cheapest_inference_sku(catalog: Catalog, preset: ModelPreset) -> GpuSku:
-    """The cheapest SKU holding one replica on one node; else the one with most memory."""
-    need = inference_gib(preset)
+    """The cheapest SKU serving one replica on one node; else the one with most memory
+    (which admission then refuses, naming why)."""
     for sku in catalog.skus_by_price():
-        if sku.total_gpu_memory_gib >= need:
+        if inference_fits_node(preset, sku):
             return sku
     return max(catalog.skus.values(), key=lambda s: (s.total_gpu_memory_gib, -s.price_per_hour_usd))
 

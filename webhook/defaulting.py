@@ -2,7 +2,8 @@
 
 - `resource.instanceType`: the cheapest SKU whose GPU memory fits the preset for serving,
   or for the tuning method, batch and sequence length.
-- `resource.count`: 1 for tuning; for serving, the nodes the inference estimate needs.
+- `resource.count`: 1 (for serving: one replica; a model is served on one node, never
+  across nodes, and each replica has a node of its own).
 - `inference.adapters[*].strength`: "1.0".
 On update, values the webhook filled earlier are carried over from the old object, so a
 `kubectl replace` without them does not trip the immutability rules.
@@ -15,7 +16,6 @@ from presets.catalog import Catalog, ModelPreset
 from presets.memory import (
     cheapest_inference_sku,
     cheapest_tuning_sku,
-    inference_node_count,
     tuning_estimate,
 )
 from webhook.fit import tuning_plan
@@ -73,7 +73,7 @@ def default(
                 resource.instance_type = cheapest_inference_sku(presets, preset).name
             sku = presets.sku(resource.instance_type or "")
             if resource.count is None and sku is not None:
-                resource.count = inference_node_count(preset, sku)
+                resource.count = 1  # one replica; admission checks it fits one node
         elif resource.count is None and ws.inference.template is not None:
             resource.count = 1
         for adapter in ws.inference.adapters or []:
@@ -88,8 +88,8 @@ def deprecation_warnings(ws: Workspace) -> list[str]:
     if ws.resource is not None:
         if ws.resource.count is not None:
             warnings.append(
-                "resource.count is deprecated: the node count is derived from the preset's "
-                "GPU memory estimate"
+                "resource.count is deprecated: for serving it is the number of replicas, "
+                "each serving the whole model on a node of its own"
             )
         if ws.resource.preferred_nodes:
             warnings.append(

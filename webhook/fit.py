@@ -1,8 +1,11 @@
 """GPU fit: whether the workspace's instance type and count can hold its model.
 
-Serving checks `count x total GPU memory of the SKU` against the inference estimate
-(upstream's rule and message, so upstream's examples keep their decisions) and warns when a
-replica does not fit the one GPU this serving runtime loads it onto. Tuning checks the
+Serving checks the inference estimate against ONE node of the SKU (presets.memory's rule,
+which the controller applies to bring-your-own nodes too): the serving engine shards a
+model over its node's GPUs but never across nodes, and ``resource.count`` is the number of
+replicas, so upstream's ``count x node`` total would admit a model nothing here can serve.
+The refusal keeps upstream's "Insufficient total GPU memory" prefix and names the smallest
+SKU that serves the preset on one node. Tuning checks the
 tuning estimate for the method, batch and sequence length against one GPU of the SKU (the
 tuning runtime computes on one GPU; a SKU's GPUs do not pool their memory), and names the
 smallest SKU that fits.
@@ -16,8 +19,7 @@ from crds.workspace import Workspace
 from presets.catalog import Catalog, GpuSku, ModelPreset
 from presets.memory import (
     TuningShape,
-    inference_fits_one_gpu,
-    inference_gib,
+    inference_fit_problem,
     smallest_tuning_sku,
     tuning_estimate,
     tuning_fits,
@@ -51,28 +53,12 @@ def tuning_plan(
     return TuningPlan(preset, shape)
 
 
-def inference_fit_errors(preset: ModelPreset, sku: GpuSku, count: int) -> list[FieldError]:
-    need = inference_gib(preset)
-    have = sku.total_gpu_memory_gib * count
-    if have >= need:
+def inference_fit_errors(preset: ModelPreset, sku: GpuSku, catalog: Catalog) -> list[FieldError]:
+    """Refuse a preset that one node of the SKU cannot serve (whatever ``count`` says)."""
+    problem = inference_fit_problem(preset, sku, catalog)
+    if problem is None:
         return []
-    return [FieldError(
-        _INSTANCE, "Invalid value",
-        f"Insufficient total GPU memory: Instance type {sku.name} has a total of "
-        f"{have:g}Gi, but preset {preset.name} requires at least {need:.0f}Gi",
-    )]
-
-
-def inference_fit_warnings(preset: ModelPreset, sku: GpuSku) -> list[str]:
-    """A warning when one replica needs more than one GPU of the SKU: admitted by the
-    total-memory rule, but the serving runtime loads the model onto a single GPU."""
-    if inference_fits_one_gpu(preset, sku):
-        return []
-    return [
-        (f"preset {preset.name} needs about {inference_gib(preset):.0f}Gi of GPU memory per "
-        f"replica and the serving runtime loads it onto one GPU; {sku.name}'s GPUs have "
-        f"{sku.gpu_memory_gib:g}Gi each, so the pod will run out of GPU memory")
-    ]
+    return [FieldError(_INSTANCE, "Invalid value", f"Insufficient total GPU memory: {problem}")]
 
 
 def tuning_fit_errors(plan: TuningPlan, sku: GpuSku, catalog: Catalog) -> list[FieldError]:

@@ -19,7 +19,6 @@ from presets.catalog import Catalog, ModelPreset, is_hf_model_id
 from webhook.errors import FieldError
 from webhook.fit import (
     inference_fit_errors,
-    inference_fit_warnings,
     tuning_fit_errors,
     tuning_plan,
 )
@@ -227,7 +226,7 @@ def _inference_fit(ws: Workspace, preset: ModelPreset, presets: Catalog,
     sku = presets.sku(ws.resource.instance_type or "")
     if sku is None:
         return []  # BYO: the controller checks the nodes' GPU labels
-    return inference_fit_errors(preset, sku, ws.resource.count or 1)
+    return inference_fit_errors(preset, sku, presets)
 
 
 def _adapter_errors(ws: Workspace) -> list[FieldError]:
@@ -423,8 +422,6 @@ def admission_warnings(
                 f"{preset.name} is gated on Hugging Face: set "
                 "inference.preset.presetOptions.modelAccessSecret to a Secret with HF_TOKEN"
             )
-        if preset is not None and sku is not None:
-            warnings += inference_fit_warnings(preset, sku)
     return warnings
 
 

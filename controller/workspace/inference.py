@@ -1,11 +1,19 @@
-"""The inference workload of a Workspace and its Services (pure).
+"""The inference workload of a Workspace and its Service (pure).
 
-One node: a Deployment with one replica and the ``Recreate`` strategy (a GPU node holds one
-model; a rolling update would wait forever for a second node). Several nodes: a
-StatefulSet with stable pod names behind a headless Service, so the pods can find rank 0
-(torchrun's rendezvous on port 29500). Each pod runs ``kaito serve`` on port 5000 with the
-workspace's LoRA adapters under /mnt/adapter/<name>: OCI adapters are pulled by an init
-container (``kaito pull-adapter``), volume adapters are mounted.
+A Deployment of ``resource.count`` replicas, each serving the whole model on a node of its
+own: the pod asks for every GPU of its node and the serving engine shards the weights over
+them, but no engine here serves one model across nodes, so nothing is deployed that would
+pretend to (no StatefulSet, no torchrun rendezvous: admission refuses a preset that does
+not fit one node). Replicas never share a node (required pod anti-affinity on the
+hostname). One replica updates with ``Recreate`` (its node holds one model; a surge pod
+would wait for a second node); several roll one at a time without surge, so the others
+keep serving. Each pod runs ``kaito serve`` on port 5000 with the workspace's LoRA adapters
+under /mnt/adapter/<name>: OCI adapters are pulled by an init container
+(``kaito pull-adapter``), volume adapters are mounted.
+
+Earlier versions of this operator made a StatefulSet and a headless Service for presets
+larger than one node; ``legacy_statefulset_name`` and ``legacy_headless_service_name`` name
+them so the controller can delete them on upgrade.
 """
 
 from __future__ import annotations
@@ -30,7 +38,6 @@ from controller.workspace.workload import (
     scratch_mounts,
     scratch_volumes,
     workspace_name,
-    workspace_namespace,
 )
 from crds.workspace import PresetSpec, Workspace
 from presets.catalog import IMAGE_WEIGHTS_PRESETS, GpuSku, ModelPreset
@@ -40,12 +47,11 @@ ADAPTER_DIR = "/mnt/adapter"
 ADAPTER_SECRET_DIR = "/mnt/adapter-secret"
 INFERENCE_CONFIG_DIR = "/mnt/inference-config"
 DOCKERCONFIG_KEY = ".dockerconfigjson"
-TORCHRUN_PORT = 29500
 SERVICE_PORT = 80
 DEFAULT_STRENGTH = "1.0"
-HEADLESS_SUFFIX = "-headless"
-# A StatefulSet's controller-revision-hash label is "<name>-<10 chars>" and must fit 63.
-MAX_STATEFULSET_NAME_LENGTH = 52
+# Names earlier versions gave their multi-node StatefulSet and its headless Service.
+LEGACY_HEADLESS_SUFFIX = "-headless"
+LEGACY_MAX_STATEFULSET_NAME_LENGTH = 52
 
 # Weight loading can take many minutes for a large model: the startup probe allows 30
 # (180 x 10 s) before the kubelet restarts the container; liveness applies only after.
@@ -103,15 +109,19 @@ def service_name(ws: Workspace) -> str:
     return name if name[:1].isalpha() else bounded_name("ws-" + name)
 
 
-def headless_service_name(ws: Workspace) -> str:
-    return bounded_name(service_name(ws), HEADLESS_SUFFIX)
-
-
-def workload_name(ws: Workspace, node_count: int) -> str:
-    """The Deployment's (the workspace's) or the StatefulSet's name."""
-    if node_count > 1:
-        return bounded_name(workspace_name(ws), limit=MAX_STATEFULSET_NAME_LENGTH)
+def workload_name(ws: Workspace) -> str:
+    """The Deployment's name: the workspace's."""
     return workspace_name(ws)
+
+
+def legacy_statefulset_name(ws: Workspace) -> str:
+    """The StatefulSet an earlier operator version made for a multi-node preset."""
+    return bounded_name(workspace_name(ws), limit=LEGACY_MAX_STATEFULSET_NAME_LENGTH)
+
+
+def legacy_headless_service_name(ws: Workspace) -> str:
+    """The headless Service an earlier operator version made beside that StatefulSet."""
+    return bounded_name(service_name(ws), LEGACY_HEADLESS_SUFFIX)
 
 
 def _preset_spec(ws: Workspace) -> PresetSpec | None:
@@ -176,24 +186,6 @@ def _probe(path: str, port: int, *, period: int, failures: int, delay: int = 0) 
     return probe
 
 
-def _distributed_env(ws: Workspace, name: str, node_count: int) -> list[JsonDict]:
-    """torchrun's rendezvous: rank 0's stable DNS name, the node count and this pod's
-    rank (the StatefulSet's pod-index label)."""
-    headless = headless_service_name(ws)
-    master = f"{name}-0.{headless}.{workspace_namespace(ws)}.svc"
-    return [
-        {"name": "MASTER_ADDR", "value": master},
-        {"name": "MASTER_PORT", "value": str(TORCHRUN_PORT)},
-        {"name": "NNODES", "value": str(node_count)},
-        {
-            "name": "NODE_RANK",
-            "valueFrom": {
-                "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
-            },
-        },
-    ]
-
-
 def build_inference_workload(
     ws: Workspace,
     preset: ModelPreset,
@@ -201,13 +193,14 @@ def build_inference_workload(
     *,
     settings: WorkloadSettings,
     revision: str,
-    node_count: int,
+    replicas: int,
     adapters: list[AdapterMount],
 ) -> JsonDict:
-    """A Deployment (one node) or a StatefulSet (several) serving ``preset``."""
-    if node_count < 1:
-        raise ValueError("node_count must be at least 1")
-    name = workload_name(ws, node_count)
+    """A Deployment of ``replicas`` pods, each serving ``preset`` on a node of its own with
+    all of that node's GPUs (``sku``'s count; none asked for when the SKU is unknown)."""
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
+    name = workload_name(ws)
     volumes = scratch_volumes()
     init_containers: list[JsonDict] = []
     mounts = scratch_mounts()
@@ -235,17 +228,12 @@ def build_inference_workload(
         mounts.append(
             {"name": "inference-config", "mountPath": INFERENCE_CONFIG_DIR, "readOnly": True}
         )
-    if node_count > 1:
-        env += _distributed_env(ws, name, node_count)
 
     port = settings.serving_port
     args = ["serve", "--model", model, "--port", str(port), "--adapter-dir", ADAPTER_DIR,
             *adapter_flags]
     server = runtime_container("inference", settings, args=args, mounts=mounts, env=env)
-    server["ports"] = [
-        {"name": "http", "containerPort": port, "protocol": "TCP"},
-        {"name": "torchrun", "containerPort": TORCHRUN_PORT, "protocol": "TCP"},
-    ]
+    server["ports"] = [{"name": "http", "containerPort": port, "protocol": "TCP"}]
     server["startupProbe"] = _probe("/health", port, period=STARTUP_PERIOD_SECONDS,
                                     failures=STARTUP_FAILURE_THRESHOLD, delay=10)
     server["readinessProbe"] = _probe("/health", port, period=5, failures=3, delay=5)
@@ -260,8 +248,8 @@ def build_inference_workload(
     if init_containers:
         pod_spec["initContainers"] = init_containers
     labels = component_labels(ws, COMPONENT)
-    if node_count > 1:
-        # One pod per node even where no GPU limit keeps them apart (unknown SKU).
+    if replicas > 1:
+        # One replica per node even where no GPU limit keeps them apart (unknown SKU).
         pod_spec.setdefault("affinity", {})["podAntiAffinity"] = {
             "requiredDuringSchedulingIgnoredDuringExecution": [
                 {"labelSelector": {"matchLabels": labels},
@@ -274,20 +262,19 @@ def build_inference_workload(
         "metadata": {"labels": dict(labels), "annotations": dict(metadata["annotations"])},
         "spec": pod_spec,
     }
-    spec: JsonDict = {"selector": {"matchLabels": dict(labels)}, "template": template}
-    if node_count == 1:
-        spec.update({"replicas": 1, "strategy": {"type": "Recreate"},
-                     "revisionHistoryLimit": 2})
-        kind = "Deployment"
-    else:
-        spec.update({
-            "replicas": node_count,
-            "serviceName": headless_service_name(ws),
-            "podManagementPolicy": "Parallel",
-            "revisionHistoryLimit": 2,
-        })
-        kind = "StatefulSet"
-    return {"apiVersion": "apps/v1", "kind": kind, "metadata": metadata, "spec": spec}
+    spec: JsonDict = {"selector": {"matchLabels": dict(labels)}, "template": template,
+                      "replicas": replicas, "revisionHistoryLimit": 2,
+                      "strategy": _strategy(replicas)}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": metadata, "spec": spec}
+
+
+def _strategy(replicas: int) -> JsonDict:
+    """Recreate for one replica (its node holds one model: a surge pod would wait for a
+    node that never comes); for several, replace one at a time without surge, so the
+    others keep serving while each node changes model."""
+    if replicas == 1:
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
 
 def build_service(ws: Workspace, *, settings: WorkloadSettings | None = None) -> JsonDict:
@@ -303,27 +290,6 @@ def build_service(ws: Workspace, *, settings: WorkloadSettings | None = None) ->
             "ports": [
                 {"name": "http", "protocol": "TCP", "port": SERVICE_PORT,
                  "targetPort": serving_port},
-                {"name": "torchrun", "protocol": "TCP", "port": TORCHRUN_PORT,
-                 "targetPort": TORCHRUN_PORT},
-            ],
-        },
-    }
-
-
-def build_headless_service(ws: Workspace) -> JsonDict:
-    """The headless Service giving each StatefulSet pod a stable DNS name, ready or not
-    (the ranks must find each other before any of them is ready)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": object_metadata(ws, headless_service_name(ws), COMPONENT),
-        "spec": {
-            "clusterIP": "None",
-            "publishNotReadyAddresses": True,
-            "selector": component_labels(ws, COMPONENT),
-            "ports": [
-                {"name": "torchrun", "protocol": "TCP", "port": TORCHRUN_PORT,
-                 "targetPort": TORCHRUN_PORT},
             ],
         },
     }

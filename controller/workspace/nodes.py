@@ -12,7 +12,6 @@ them up.
 from __future__ import annotations
 
 import hashlib
-import math
 import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,8 +30,8 @@ from crds.karpenter import (
 )
 from crds.meta import LabelSelector
 from crds.workspace import Workspace
-from presets.catalog import GIB, GpuSku, ModelPreset
-from presets.memory import TuningShape, inference_gib, tuning_estimate, tuning_fits
+from presets.catalog import Catalog, GpuSku, ModelPreset
+from presets.memory import TuningShape, inference_fit_problem, tuning_estimate, tuning_fits
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # NVIDIA GPU feature discovery's node labels (memory in MiB, product like NVIDIA-A100-SXM4-80GB).
@@ -251,16 +250,12 @@ def partition_sku(ws: Workspace) -> GpuSku | None:
                   gpu_memory_gib=1.0, bf16=True, price_per_hour_usd=1.0)
 
 
-def byo_node_count(preset: ModelPreset, sku: GpuSku) -> int:
-    """Nodes of this GPU configuration one serving replica needs."""
-    return max(1, math.ceil(inference_gib(preset) / sku.total_gpu_memory_gib))
-
-
 def byo_fit_problem(
-    preset: ModelPreset, sku: GpuSku, *, is_tuning: bool, node_count: int,
+    preset: ModelPreset, sku: GpuSku, *, is_tuning: bool, catalog: Catalog | None = None,
     shape: TuningShape | None = None,
 ) -> str | None:
-    """Why the labelled nodes cannot hold the workload, or None when they can."""
+    """Why one labelled node cannot hold the workload, or None when it can. Serving follows
+    the webhook's rule (presets.memory.inference_fit_problem): one node, never several."""
     if is_tuning:
         estimate = tuning_estimate(preset, shape or TuningShape())
         if tuning_fits(estimate, sku):
@@ -268,13 +263,8 @@ def byo_fit_problem(
         return (f"{(shape or TuningShape()).method} of {preset.name} needs about "
                 f"{estimate.per_gpu_gib(sku.gpu_count):.1f}Gi per GPU; the selected nodes' "
                 f"GPUs ({sku.gpu_count}x {sku.gpu_model}) have {sku.gpu_memory_gib:.1f}Gi each")
-    need = inference_gib(preset)
-    have = sku.total_gpu_memory_gib * node_count
-    if have * GIB >= need * GIB:
-        return None
-    return (f"preset {preset.name} needs at least {need:.0f}Gi of GPU memory; {node_count} "
-            f"selected node(s) with {sku.gpu_count}x {sku.gpu_model} "
-            f"({sku.gpu_memory_gib:.1f}Gi each) have {have:.0f}Gi")
+    node = f"selected ({sku.gpu_count}x {sku.gpu_model}, {sku.gpu_memory_gib:.1f} GiB each)"
+    return inference_fit_problem(preset, sku, catalog, node=node)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,6 @@ from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import (
     ClaimRetry,
     byo_fit_problem,
-    byo_node_count,
     claim_attempt,
     claim_labels,
     nodes_gpu_sku,
@@ -243,9 +242,6 @@ class WorkspaceReconciler:
             # Bring-your-own nodes of a size the SKU table does not know: their GPUs come
             # from GPU feature discovery's labels, and fit is checked against those.
             byo_sku = nodes_gpu_sku(ws, nodes)
-            if byo_sku is not None and not is_tuning and target > 0 and not (
-                    ws.resource and ws.resource.count):
-                target = byo_node_count(preset, byo_sku)
         claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
         if target == 0:
             for claim in claims:
@@ -274,7 +270,7 @@ class WorkspaceReconciler:
                                now=time.time(), retry=self._settings.claim_retry)
         if byo_sku is not None and target > 0:
             node_plan.fit_problem = byo_fit_problem(
-                preset, byo_sku, is_tuning=is_tuning, node_count=target,
+                preset, byo_sku, is_tuning=is_tuning, catalog=self._catalog,
                 shape=TuningShape(method=(ws.tuning.method or "lora") if ws.tuning else "lora",
                                   seq_len=min(preset.context_length, DEFAULT_TUNING_SEQ_LEN)))
             sku = byo_sku
@@ -419,20 +415,30 @@ class WorkspaceReconciler:
         return True
 
     async def _ensure_inference(
-        self, ws: Workspace, preset: Any, sku: Any, revision: str, node_count: int,
+        self, ws: Workspace, preset: Any, sku: Any, revision: str, replicas: int,
         adapters: list[Any],
     ) -> KubeObject | None:
+        await self._delete_legacy_multinode(ws)
         await self._objects.ensure(SERVICES, inference_builders.build_service(ws),
                            self._informers.services)
-        if node_count > 1:
-            await self._objects.ensure(SERVICES, inference_builders.build_headless_service(ws),
-                               self._informers.services)
         workload = inference_builders.build_inference_workload(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
-            node_count=node_count, adapters=adapters)
-        resource, informer = (DEPLOYMENTS, self._informers.deployments) if (
-            workload["kind"] == "Deployment") else (STATEFULSETS, self._informers.statefulsets)
-        return await self._objects.ensure(resource, workload, informer)
+            replicas=replicas, adapters=adapters)
+        return await self._objects.ensure(DEPLOYMENTS, workload, self._informers.deployments)
+
+    async def _delete_legacy_multinode(self, ws: Workspace) -> None:
+        """Upgrade path: delete the StatefulSet and headless Service an earlier operator
+        version made for a multi-node preset (nothing ever served across them)."""
+        namespace = ws.metadata.namespace or "default"
+        for resource, informer, child in (
+                (STATEFULSETS, self._informers.statefulsets,
+                 inference_builders.legacy_statefulset_name(ws)),
+                (SERVICES, self._informers.services,
+                 inference_builders.legacy_headless_service_name(ws))):
+            current = informer.cache.get(f"{namespace}/{child}")
+            if current is not None and not (current.get("metadata") or {}).get(
+                    "deletionTimestamp"):
+                await self._objects.delete(resource, child, namespace)
 
     def _tuned(self, namespace: str, name: str, revision: str) -> bool:
         """Whether this revision's tuning Job has succeeded."""
@@ -442,10 +448,8 @@ class WorkspaceReconciler:
 
     def _existing_workload(self, ws: Workspace) -> KubeObject | None:
         namespace = ws.metadata.namespace or "default"
-        deployment = inference_builders.workload_name(ws, 1)
-        statefulset = inference_builders.workload_name(ws, 2)
-        return (self._informers.deployments.cache.get(f"{namespace}/{deployment}")
-                or self._informers.statefulsets.cache.get(f"{namespace}/{statefulset}"))
+        deployment = inference_builders.workload_name(ws)
+        return self._informers.deployments.cache.get(f"{namespace}/{deployment}")
 
     def _pods(self, namespace: str, labels: Mapping[str, str]) -> list[KubeObject]:
         return self._informers.pods.cache.objects(namespace, labels=dict(labels))
@@ -578,9 +582,9 @@ class WorkspaceReconciler:
         for resource, informer, child in (
                 (JOBS, self._informers.jobs, name),
                 (DEPLOYMENTS, self._informers.deployments,
-                 inference_builders.workload_name(ws, 1)),
-                (STATEFULSETS, self._informers.statefulsets,
-                 inference_builders.workload_name(ws, 2))):
+                 inference_builders.workload_name(ws)),
+                (STATEFULSETS, self._informers.statefulsets,  # an earlier version's
+                 inference_builders.legacy_statefulset_name(ws))):
             current = informer.cache.get(f"{namespace}/{child}")
             if current is not None and not (current.get("metadata") or {}).get(
                     "deletionTimestamp"):

@@ -2,7 +2,7 @@
 ``tuning``), kept as a ControllerRevision and in an annotation (pure).
 
 A workload built from an older revision is replaced: a new tuning Job when the input,
-output or config changed (as upstream does), a rolled Deployment/StatefulSet for
+output or config changed (as upstream does), a rolled Deployment for
 inference. ControllerRevisions keep the history ``kubectl`` users know from
 StatefulSets; the newest few are kept.
 """

@@ -1,6 +1,6 @@
 """Pieces every workload pod of a Workspace shares: names, labels, owner, placement, security.
 
-The tuning Job (``tuning``) and the inference Deployment/StatefulSet (``inference``) are
+The tuning Job (``tuning``) and the inference Deployment (``inference``) are
 built from these, so both land on the workspace's GPU nodes the same way, run as the
 runtime image's non-root user with the restricted Pod Security profile, and carry the
 labels the controller finds them by. Pure: dicts in the shape the API server takes.

@@ -193,6 +193,7 @@ async def info(request: web.Request) -> web.Response:
         "model_sha": None,
         "model_dtype": model.dtype,
         "model_device_type": model.device,
+        "model_placement": model.placement,
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": model.max_batch_size + model.max_queue,
         "max_best_of": 1,

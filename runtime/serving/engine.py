@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from runtime.serving.detokenize import TextTracker
 from runtime.serving.errors import InvalidRequest, NotReady, Overloaded
@@ -59,6 +59,7 @@ class BatchModel(Protocol):
     eos_token_ids: frozenset[int]
     dtype_name: str
     device_name: str
+    placement: dict[str, Any]  # where the weights are (loader.Placement.describe)
     has_chat_template: bool
     combined_adapter: str | None  # an adapter applying all the others, if loaded
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from runtime.serving.errors import InvalidRequest
 
@@ -106,6 +106,7 @@ class ModelInfo:
     max_queue: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    placement: dict[str, Any] = field(default_factory=dict)  # loader.Placement.describe
     extra: dict[str, str] = field(default_factory=dict)
 
 

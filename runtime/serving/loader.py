@@ -1,5 +1,12 @@
 """Loading the base model, its tokenizer and LoRA adapters into an ``HFBatchModel``.
 
+Placement: one device (the CPU, or the one visible GPU) gets the whole model, as before;
+with several CUDA devices visible (the serving pod asks for every GPU of its node) the
+weights are sharded over all of them with transformers' ``device_map="auto"`` and a
+per-GPU ``max_memory`` leaving room for the CUDA context and the KV cache. This is what
+lets a node's total GPU memory hold a model (presets.memory's serving rule);
+``plan_placement`` is the pure choice, ``/info`` shows it.
+
 Adapters come from folders holding ``adapter_config.json`` + ``adapter_model.safetensors``
 (``/mnt/adapter/<name>`` in a pod). Each adapter's LoRA scaling is multiplied by its
 strength, which is how upstream Kaito's per-adapter ``strength`` weighs an adapter. With
@@ -11,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +29,9 @@ log = logging.getLogger(__name__)
 
 COMBINED_ADAPTER = "kaito-combined"  # every adapter at its strength, at once
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# Of each GPU's memory, what the weights may take when sharded; the rest is for the CUDA
+# context, the KV cache and activations (which grow with the running batch).
+SHARDED_WEIGHTS_FRACTION = 0.85
 
 
 class LoadError(ServingError):
@@ -69,11 +80,65 @@ class AdapterSpec:
             raise ValueError(f"adapter {self.name}: strength must be in [0, 1]")
 
 
-def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``."""
+@dataclass(frozen=True)
+class Placement:
+    """Where the model's weights go: one device, or sharded over several GPUs."""
+
+    device: str
+    """Where inputs go: ``cpu``, ``cuda``, ``cuda:1``; with sharding, the first GPU."""
+    max_memory: dict[int, int] | None = None
+    """Sharded only: the most bytes of weights each GPU (by index) may hold."""
+
+    @property
+    def is_sharded(self) -> bool:
+        return self.max_memory is not None
+
+    @property
+    def gpu_count(self) -> int:
+        """GPUs the weights are spread over (0 on the CPU)."""
+        if self.max_memory is not None:
+            return len(self.max_memory)
+        return 0 if self.device == "cpu" else 1
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        """What ``from_pretrained`` needs besides the dtype: nothing for one device (the
+        model is then moved there), ``device_map`` and ``max_memory`` when sharded. No CPU
+        or disk entry, so a model too large for the GPUs fails to load rather than
+        running offloaded."""
+        if self.max_memory is None:
+            return {}
+        return {"device_map": "auto", "max_memory": dict(self.max_memory)}
+
+    def describe(self) -> dict[str, Any]:
+        """The placement for logs and ``/info``."""
+        return {"device": self.device, "sharded": self.is_sharded, "gpus": self.gpu_count,
+                "device_map": "auto" if self.is_sharded else None,
+                "max_memory_bytes": dict(self.max_memory or {})}
+
+
+def plan_placement(device: str | None, gpu_memory_bytes: Sequence[int]) -> Placement:
+    """Choose the placement (pure). ``gpu_memory_bytes``: the total memory of each visible
+    CUDA device, empty when none is visible. ``device`` (``--device``): None chooses; an
+    explicit ``cuda:N`` or ``cpu`` pins the model to that one device."""
+    if device is None:
+        device = "cuda" if gpu_memory_bytes else "cpu"
+    if device == "cuda" and len(gpu_memory_bytes) > 1:
+        if any(memory <= 0 for memory in gpu_memory_bytes):
+            raise ValueError("every GPU must report a positive memory size")
+        budget = {index: int(memory * SHARDED_WEIGHTS_FRACTION)
+                  for index, memory in enumerate(gpu_memory_bytes)}
+        return Placement(device="cuda:0", max_memory=budget)
+    return Placement(device=device)
+
+
+def visible_gpu_memory() -> list[int]:
+    """The total memory of each visible CUDA device (empty without one)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if not torch.cuda.is_available():
+        return []
+    return [int(torch.cuda.get_device_properties(index).total_memory)
+            for index in range(torch.cuda.device_count())]
 
 
 def load_batch_model(
@@ -90,11 +155,17 @@ def load_batch_model(
     from runtime.precision import resolve as resolve_precision
     from runtime.serving.torch_model import HFBatchModel
 
-    device = device or default_device()
-    precision = resolve_precision(dtype, device.split(":", 1)[0])
+    placement = plan_placement(device, visible_gpu_memory())
+    log.info("model placement chosen", extra=placement.describe())
+    precision = resolve_precision(dtype, placement.device.split(":", 1)[0])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model: Any = AutoModelForCausalLM.from_pretrained(model_path, dtype=precision.torch_dtype())
-    model = model.to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=precision.torch_dtype(), **placement.from_pretrained_kwargs())
+    if not placement.is_sharded:
+        model = model.to(placement.device)
+    elif "disk" in (devices := set(getattr(model, "hf_device_map", {}).values())) or (
+            "cpu" in devices):
+        raise LoadError(f"{model_path}: the weights do not fit the {placement.gpu_count} GPUs")
     model.eval()
     combined = None
     if adapters:
@@ -114,7 +185,8 @@ def load_batch_model(
         eos.add(int(tokenizer.eos_token_id))
     log.info(
         "model loaded",
-        extra={"model": str(model_path), "device": device, "adapters": len(adapters)},
+        extra={"model": str(model_path), "device": placement.device,
+               "gpus": placement.gpu_count, "adapters": len(adapters)},
     )
     batch_model = HFBatchModel(
         model,
@@ -122,6 +194,7 @@ def load_batch_model(
         max_context_tokens=context,
         eos_token_ids=frozenset(eos),
         has_adapters=bool(adapters),
+        placement=placement.describe(),
     )
     batch_model.combined_adapter = combined
     return batch_model

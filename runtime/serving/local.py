@@ -129,6 +129,7 @@ class LocalBackend:
             max_queue=options.max_queue,
             dtype=model.dtype_name,
             device=model.device_name,
+            placement=dict(model.placement),
         )
         self._engine = engine
 

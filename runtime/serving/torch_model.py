@@ -6,6 +6,10 @@ running rows, padding whichever side is shorter on the left; finished sequences 
 out with ``index_select`` and leading all-padding columns are trimmed. Position ids are
 tracked per row, so padding never shifts a sequence's rotary positions.
 
+The weights may be sharded over several GPUs (loader.Placement): inputs, the mask and
+positions live on the input embeddings' device, and each layer's cache stays on that
+layer's device (row selection moves its index there).
+
 With PEFT adapters loaded, each row names its adapter and the forward pass uses PEFT's
 mixed-batch LoRA (``adapter_names=[...]``), so rows with different adapters (or none)
 share one batch without affecting each other.
@@ -38,6 +42,7 @@ class HFBatchModel:
         max_context_tokens: int,
         eos_token_ids: frozenset[int],
         has_adapters: bool,
+        placement: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -45,7 +50,8 @@ class HFBatchModel:
         self.eos_token_ids = eos_token_ids
         self._has_adapters = has_adapters
         self.combined_adapter: str | None = None
-        self._device = next(model.parameters()).device
+        self._device = model.get_input_embeddings().weight.device
+        self.placement = dict(placement or {"device": str(self._device), "sharded": False})
         pad = tokenizer.pad_token_id
         self._pad_id = int(pad if pad is not None else min(eos_token_ids))
         # Handlers tokenize while the worker detokenizes; the Rust tokenizer raises
@@ -180,8 +186,8 @@ class HFBatchModel:
         self._cache = DynamicCache(
             ddp_cache_data=[
                 (
-                    layer.keys.index_select(0, index)[:, :, start:, :],
-                    layer.values.index_select(0, index)[:, :, start:, :],
+                    layer.keys.index_select(0, index.to(layer.keys.device))[:, :, start:, :],
+                    layer.values.index_select(0, index.to(layer.values.device))[:, :, start:, :],
                 )
                 for layer in _layers(self._cache)
             ]

@@ -73,9 +73,11 @@ def _is_true(ws: dict[str, Any] | None, condition_type: str) -> bool:
 class FakeProvisioner:
     """Turns each unfulfilled NodeClaim into a Ready kwok GPU node."""
 
-    def __init__(self, cluster: LocalCluster, *, kwok_managed: bool = True) -> None:
+    def __init__(self, cluster: LocalCluster, *, kwok_managed: bool = True,
+                 gpus: int = 1) -> None:
         self.cluster = cluster
         self.kwok_managed = kwok_managed
+        self.gpus = gpus  # more than the SKU has: only pod anti-affinity keeps pods apart
         self.made: dict[str, str] = {}
 
     def step(self) -> None:
@@ -89,7 +91,7 @@ class FakeProvisioner:
             instance = claim["spec"]["requirements"][0]["values"][0]
             labels = {k: v for k, v in claim["metadata"]["labels"].items()}
             if self.kwok_managed:
-                self.cluster.create_gpu_node(node, gpus=1, instance_type=instance,
+                self.cluster.create_gpu_node(node, gpus=self.gpus, instance_type=instance,
                                              labels=labels, taints=[GPU_TAINT])
             else:
                 unmanaged_node(self.cluster, node, instance, labels)
@@ -217,7 +219,7 @@ def test_seed_workspace_tunes_then_serves_its_adapter(
 
     service = wait_for("the Service", lambda: _get(cluster, "service", name, "-n", namespace))
     ports = {(p["port"], p.get("targetPort")) for p in service["spec"]["ports"]}
-    assert {port for port, _ in ports} == {80, 29500}
+    assert ports == {(80, 5000)}  # no torchrun port: nothing here listens on one
     deployment = wait_for("the serving Deployment",
                           lambda: _get(cluster, "deployment", name, "-n", namespace))
     args = " ".join(deployment["spec"]["template"]["spec"]["containers"][0].get("args", []))
@@ -350,26 +352,64 @@ def _all_ready(cluster: LocalCluster, namespace: str, expected: int) -> bool:
     return len(items) == expected and all(_is_true(ws, "WorkspaceReady") for ws in items)
 
 
-def test_two_node_preset_gets_a_statefulset_and_a_headless_service(
+def _legacy_multinode_objects(name: str, namespace: str) -> str:
+    """The StatefulSet and headless Service an earlier operator version made for a
+    multi-node preset (no pods: zero replicas)."""
+    labels = {"kaito.sh/workspace": name, "kaito.sh/workspacenamespace": namespace,
+              "app.kubernetes.io/component": "inference"}
+    statefulset = {
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"replicas": 0, "serviceName": f"{name}-headless",
+                 "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                     {"name": "inference", "image": "kaito-runtime:old"}]}}}}
+    headless = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": f"{name}-headless", "namespace": namespace, "labels": labels},
+        "spec": {"clusterIP": "None", "selector": labels,
+                 "ports": [{"name": "torchrun", "port": 29500, "targetPort": 29500}]}}
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": [statefulset, headless]})
+
+
+def test_count_two_is_two_replicas_on_two_claimed_nodes_and_no_statefulset(
     cluster: LocalCluster, cluster_namespace: str, controller: ControllerProcess
 ) -> None:
-    namespace, name = cluster_namespace, "two-nodes"
-    for index in range(2):
-        cluster.create_gpu_node(f"pair-{index}-{namespace}", gpus=1, taints=[GPU_TAINT],
-                                labels={"app": f"pair-{namespace}"})
-    cluster.kubectl("apply", "-n", namespace, "-f", "-",
-                    input=_inference(name, f"pair-{namespace}", count=2))
-    wait_for("WorkspaceReady", lambda: _all_ready(cluster, namespace, 1), timeout=180)
-    statefulset = _get(cluster, "statefulset", name, "-n", namespace)
-    assert statefulset["spec"]["replicas"] == 2
-    assert statefulset["spec"]["serviceName"] == f"{name}-headless"
-    headless = _get(cluster, "service", f"{name}-headless", "-n", namespace)
-    assert headless["spec"]["clusterIP"] == "None"
+    """``count: 2`` of a preset that fits one node: two NodeClaims, one Deployment of two
+    replicas on two different nodes (although each node has room for both: pod
+    anti-affinity), and no StatefulSet or headless Service, including the ones an earlier
+    operator version left (deleted on upgrade)."""
+    namespace, name = cluster_namespace, "two-replicas"
+    app = f"pair-{namespace}"
+    cluster.kubectl("apply", "-f", "-", input=_legacy_multinode_objects(name, namespace))
+    provisioner = FakeProvisioner(cluster, gpus=2)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=_inference(name, app, count=2))
+    wait_for("WorkspaceReady", lambda: _all_ready(cluster, namespace, 1), timeout=180,
+             tick=provisioner.step)
+    claims = _get(cluster, "nodeclaims", "-l", f"kaito.sh/workspace={name}")["items"]
+    assert len(claims) == 2
+    deployment = _get(cluster, "deployment", name, "-n", namespace)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["status"]["readyReplicas"] == 2
     pods = _get(cluster, "pods", "-n", namespace, "-l", f"kaito.sh/workspace={name}")["items"]
-    assert sorted(p["spec"]["nodeName"] for p in pods) == [
-        f"pair-0-{namespace}", f"pair-1-{namespace}"]
+    nodes = sorted(p["spec"]["nodeName"] for p in pods)
+    assert len(pods) == 2 and len(set(nodes)) == 2
+    assert set(nodes) == set(provisioner.made.values())
+    for pod in pods:
+        server = pod["spec"]["containers"][0]
+        assert server["resources"]["limits"]["nvidia.com/gpu"] == "1"  # all of an NC6s_v3
+        assert [port["containerPort"] for port in server["ports"]] == [5000]
+        assert not {"MASTER_ADDR", "NNODES", "NODE_RANK"} & {
+            env["name"] for env in server.get("env", [])}
     ws = _get(cluster, "workspace", name, "-n", namespace)
-    assert ws["status"]["workerNodes"] == [f"pair-0-{namespace}", f"pair-1-{namespace}"]
+    assert sorted(ws["status"]["workerNodes"]) == nodes
+    wait_for("the old StatefulSet and headless Service deleted", lambda: not _get(
+        cluster, "statefulsets", "-n", namespace)["items"] and _get(
+        cluster, "service", f"{name}-headless", "-n", namespace) is None)
+    services = _get(cluster, "services", "-n", namespace, "-l",
+                    f"kaito.sh/workspace={name}")["items"]
+    assert [(s["metadata"]["name"], [p["port"] for p in s["spec"]["ports"]])
+            for s in services] == [(name, [80])]
 
 
 def test_two_hundred_workspaces_converge(

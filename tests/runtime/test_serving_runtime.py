@@ -346,6 +346,9 @@ def test_default_precision_follows_the_cpu(
     try:
         info = httpx.get(process.url + "/info", timeout=30).json()
         assert info["model_dtype"] == expected
+        # No GPU here: the whole model on the CPU, nothing sharded (loader.plan_placement).
+        assert info["model_placement"]["device"] == "cpu"
+        assert info["model_placement"]["sharded"] is False
         answer = httpx.post(process.url + "/chat", timeout=120, json={
             "prompt": "Say hello.", "generate_kwargs": {"max_new_tokens": 4}}).json()
         assert answer["Result"]

@@ -11,8 +11,10 @@ from presets.memory import (
     TuningShape,
     cheapest_inference_sku,
     cheapest_tuning_sku,
+    inference_fit_problem,
+    inference_fits_node,
     inference_gib,
-    inference_node_count,
+    smallest_inference_sku,
     smallest_tuning_sku,
     tuning_estimate,
 )
@@ -206,7 +208,32 @@ def test_sku_choice_for_inference() -> None:
     assert cheaper_that_fit == []
     t4 = catalog.sku("Standard_NC4as_T4_v3")
     assert t4 is not None
-    assert inference_node_count(phi4, t4) == 2
+    assert not inference_fits_node(phi4, t4)  # ~30 GiB: two T4 nodes never pool memory
+
+
+def test_serving_fits_one_node_and_a_refusal_names_the_smallest_sku_that_serves_it() -> None:
+    """One node's GPUs together (the engine shards over them), never several nodes."""
+    catalog = load_catalog()
+    phi4, llama70b = catalog.preset("phi-4"), catalog.preset("llama-3.3-70b-instruct")
+    one_v100, two_v100 = catalog.sku("Standard_NC6s_v3"), catalog.sku("Standard_NC12s_v3")
+    assert phi4 is not None and llama70b is not None
+    assert one_v100 is not None and two_v100 is not None
+    assert inference_fits_node(phi4, two_v100)  # 2x16 GiB on one node hold ~30 GiB
+    assert inference_fit_problem(phi4, two_v100, catalog) is None
+    assert inference_fit_problem(phi4, one_v100, catalog) == (
+        "preset phi-4 needs 30 GiB of GPU memory; one Standard_NC6s_v3 node has 16 GiB and "
+        "this operator serves a model on one node only: use Standard_NC12s_v3 (32 GiB) or "
+        "larger")
+    # The smallest one-node SKU by GPU memory (ties: cheapest), not the cheapest overall.
+    smallest = smallest_inference_sku(catalog, llama70b)
+    assert smallest is not None and smallest.name == "Standard_NC48ads_A100_v4"
+    problem = inference_fit_problem(llama70b, one_v100, catalog)
+    assert problem is not None and problem.endswith(
+        "use Standard_NC48ads_A100_v4 (160 GiB) or larger")
+    too_big = phi4.model_copy(update={"weights_gib": 10_000.0})
+    assert smallest_inference_sku(catalog, too_big) is None
+    assert "no instance type of the catalog holds it" in (
+        inference_fit_problem(too_big, one_v100, catalog) or "")
 
 
 @pytest.mark.parametrize("name", REQUIRED_PRESETS)

@@ -19,13 +19,11 @@ from crds.workspace import Workspace
 from presets.catalog import Catalog, ModelPreset, load_catalog
 from presets.memory import (
     TuningShape,
-    inference_fits_one_gpu,
     inference_gib,
     tuning_estimate,
     tuning_fits,
 )
 from tests.unit.test_webhook_cases import SEED, _edit, run_webhook
-from webhook.fit import inference_fit_warnings
 from webhook.validation import admission_warnings
 
 pytestmark = pytest.mark.unit
@@ -126,13 +124,10 @@ def test_tuning_fit_does_not_pool_a_nodes_gpus() -> None:
     assert tuning_fits(tuning_estimate(mini, TuningShape(method="qlora")), one_v100)
 
 
-def test_serving_keeps_upstreams_rule_and_warns_when_one_gpu_is_too_small() -> None:
+def test_serving_counts_one_nodes_gpus_together_and_never_several_nodes() -> None:
     catalog = _catalog()
-    medium, two_v100, a100 = (catalog.preset("phi-3-medium-128k-instruct"),
-                              catalog.sku("Standard_NC12s_v3"),
-                              catalog.sku("Standard_NC24ads_A100_v4"))
-    assert medium is not None and two_v100 is not None and a100 is not None
-    # upstream admits it (2x16 GiB >= ~29 GiB): so does this webhook...
+    # ~29 GiB on 2x16 GiB: the serving engine shards it over the node's two GPUs, so the
+    # webhook admits it without a warning about GPU memory...
     inference = {
         "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace",
         "metadata": {"name": "workspace-phi-3-medium"},
@@ -141,12 +136,17 @@ def test_serving_keeps_upstreams_rule_and_warns_when_one_gpu_is_too_small() -> N
         "inference": {"preset": {"name": "phi-3-medium-128k-instruct"}},
     }
     assert run_webhook(inference, None) == []
-    # ...but one replica does not fit the one GPU the serving runtime loads it onto,
-    # and the admission reply says so
-    assert not inference_fits_one_gpu(medium, two_v100)
     warnings = admission_warnings(Workspace.model_validate(inference), catalog)
-    assert [w for w in warnings if "loads it onto one GPU" in w and "16Gi each" in w]
-    assert inference_fit_warnings(medium, a100) == []
+    assert not [w for w in warnings if "GPU memory" in w or "Gi" in w]
+    # ...while two 1x16 GiB nodes (upstream's count x node rule would admit 32 GiB) do not
+    # hold it: no engine here serves one model across nodes.
+    across = _edit(inference, resource__instanceType="Standard_NC6s_v3", resource__count=2)
+    message = "; ".join(run_webhook(across, None))
+    assert message == (
+        "resource.instanceType: Invalid value: Insufficient total GPU memory: preset "
+        "phi-3-medium-128k-instruct needs 29 GiB of GPU memory; one Standard_NC6s_v3 node has "
+        "16 GiB and this operator serves a model on one node only: use Standard_NC12s_v3 "
+        "(32 GiB) or larger")
 
 
 # ---------------------------------------------------------------- upstream's figures

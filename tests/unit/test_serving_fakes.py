@@ -9,6 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Collection, Sequence
+from typing import Any
 
 from runtime.serving.engine import Sampled, SequenceSpec
 from runtime.serving.generation import FinishEvent, GenerationEvent, TokenEvent
@@ -31,6 +32,7 @@ class FakeModel:
 
     def __init__(self, max_context_tokens: int = 64, step_seconds: float = 0.0) -> None:
         self.max_context_tokens = max_context_tokens
+        self.placement: dict[str, Any] = {"device": "cpu", "sharded": False, "gpus": 0}
         self.step_seconds = step_seconds
         self.rows: dict[int, int] = {}
         self.decode_batches: list[int] = []

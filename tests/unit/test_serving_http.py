@@ -232,6 +232,8 @@ async def test_tgi_routes(client: TestClient) -> None:  # type: ignore[type-arg]
     assert events[-1]["details"]["finish_reason"] == "length"
     info = await (await client.get("/info")).json()
     assert info["model_id"] == MODEL_ID and info["max_total_tokens"] == 64
+    # Where the weights are (loader.Placement): the fake model sits on the CPU.
+    assert info["model_placement"] == {"device": "cpu", "sharded": False, "gpus": 0}
     tokens = await (await client.post("/tokenize", json={"inputs": "ab"})).json()
     assert tokens == [{"id": 97, "text": "a"}, {"id": 98, "text": "b"}]
 

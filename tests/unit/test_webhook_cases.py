@@ -115,8 +115,14 @@ INVALID_CASES: list[Case] = [
     Case("inference-gpu-memory-too-small",
          _inference(resource__instanceType="Standard_NC6s_v3", resource__count=1,
                     inference__preset={"name": "phi-4"}),
-         "Insufficient total GPU memory: Instance type Standard_NC6s_v3 has a total of 16Gi, "
-         "but preset phi-4 requires at least"),
+         "resource.instanceType: Invalid value: Insufficient total GPU memory: preset phi-4 "
+         "needs 30 GiB of GPU memory; one Standard_NC6s_v3 node has 16 GiB and this operator "
+         "serves a model on one node only: use Standard_NC12s_v3 (32 GiB) or larger"),
+    Case("inference-fits-only-across-nodes",
+         _inference(resource__instanceType="Standard_NC6s_v3", resource__count=2,
+                    inference__preset={"name": "phi-4"}),
+         "one Standard_NC6s_v3 node has 16 GiB and this operator serves a model on one "
+         "node only: use Standard_NC12s_v3 (32 GiB) or larger"),
     Case("too-many-adapters",
          _inference(inference__adapters=[_adapter(f"a{i}") for i in range(11)]),
          "inference.adapters: Too many: 11: must have at most 10 items"),

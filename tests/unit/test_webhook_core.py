@@ -50,10 +50,11 @@ def test_inference_defaults_fill_sku_count_and_strength() -> None:
     assert got["resource"]["instanceType"] == "Standard_NC24ads_A100_v4"
     assert got["resource"]["count"] == 1
     assert [a["strength"] for a in got["inference"]["adapters"]] == ["1.0", "0.25"]
-    # On a 16 GiB SKU phi-4 needs two nodes.
+    # On a 16 GiB SKU phi-4 does not fit one node: count stays one replica (never the
+    # nodes a model would span: nothing here serves across nodes) and validation refuses.
     small = _defaulted(_edit(INFERENCE, resource__instanceType="Standard_NC6s_v3",
                              inference__preset={"name": "phi-4"}))
-    assert small["resource"]["count"] == 2
+    assert small["resource"]["count"] == 1
 
 
 def test_defaults_never_override_the_user() -> None:

@@ -20,7 +20,6 @@ import yaml
 from controller.workspace.nodes import (
     NodePlan,
     byo_fit_problem,
-    byo_node_count,
     node_gpu_sku,
     nodes_gpu_sku,
 )
@@ -105,6 +104,28 @@ async def test_upstream_example_gets_upstreams_decision(example: dict[str, Any])
     assert is_allowed is (example["expect"] == "allow"), text
     if "message" in example:
         assert example["message"] in text
+
+
+async def test_a_preset_that_fits_only_across_nodes_is_refused_naming_a_one_node_sku() -> None:
+    """Upstream's count x node rule would admit phi-4 (~30 GiB) on two 16 GiB nodes; no
+    engine here serves one model across nodes, so the AdmissionReview is a denial naming
+    the smallest SKU that serves it on one node, and that SKU is admitted."""
+    obj = {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "w"},
+           "resource": {"instanceType": "Standard_NC6s_v3", "count": 2,
+                        "labelSelector": {"matchLabels": {"apps": "phi-4"}}},
+           "inference": {"preset": {"name": "phi-4"}}}
+    catalog, reader = load_catalog(), Reader()
+    options = AdmissionOptions(operator_namespace=OPERATOR_NAMESPACE)
+    denied = (await check(_review(obj), catalog, reader, options=options))["response"]
+    assert denied["allowed"] is False
+    assert denied["status"]["code"] == 422
+    assert denied["status"]["message"].endswith(
+        "resource.instanceType: Invalid value: Insufficient total GPU memory: preset phi-4 "
+        "needs 30 GiB of GPU memory; one Standard_NC6s_v3 node has 16 GiB and this operator "
+        "serves a model on one node only: use Standard_NC12s_v3 (32 GiB) or larger")
+    is_allowed, text, _ = await admit(
+        {**obj, "resource": {**obj["resource"], "instanceType": "Standard_NC12s_v3"}})
+    assert is_allowed, text
 
 
 def test_shipped_templates_are_the_shared_defaults_and_parse_with_the_runtime_schema() -> None:
@@ -251,7 +272,9 @@ def test_gpu_labels_make_a_sku() -> None:
     assert node_gpu_sku(_node("bare", {"apps": "byo"})) is None
 
 
-def test_byo_fit_and_node_count_from_labels() -> None:
+def test_byo_fit_from_labels_is_one_node() -> None:
+    """Bring-your-own nodes follow the webhook's rule: the model fits one node's GPUs or
+    the workspace gets a condition; never several nodes for one replica."""
     catalog = load_catalog()
     ws = Workspace.model_validate({"metadata": {"name": "w", "namespace": "n"},
                                    "resource": {"labelSelector": {"matchLabels": {"apps": "byo"}}},
@@ -261,12 +284,13 @@ def test_byo_fit_and_node_count_from_labels() -> None:
     assert sku is not None and sku.gpu_model == "NVIDIA-A10"
     phi4, phi3 = catalog.preset("phi-4"), catalog.preset("phi-3-mini-4k-instruct")
     assert phi4 is not None and phi3 is not None
-    assert byo_node_count(phi3, sku) == 1
-    assert byo_node_count(phi4, sku) == 2  # ~30Gi on 22.5Gi nodes
-    assert byo_fit_problem(phi4, sku, is_tuning=False, node_count=2) is None
-    problem = byo_fit_problem(phi4, sku, is_tuning=False, node_count=1)
-    assert problem is not None and "phi-4 needs at least" in problem and "NVIDIA-A10" in problem
-    tuning_problem = byo_fit_problem(phi4, sku, is_tuning=True, node_count=1)
+    assert byo_fit_problem(phi3, sku, is_tuning=False, catalog=catalog) is None
+    # ~30Gi on one 22.5Gi node: two such nodes do not serve it together.
+    problem = byo_fit_problem(phi4, sku, is_tuning=False, catalog=catalog)
+    assert problem == ("preset phi-4 needs 30 GiB of GPU memory; one selected (1x NVIDIA-A10, "
+                       "22.5 GiB each) node has 22.5 GiB and this operator serves a model on "
+                       "one node only: use Standard_NC12s_v3 (32 GiB) or larger")
+    tuning_problem = byo_fit_problem(phi4, sku, is_tuning=True)
     assert tuning_problem is not None and "per GPU" in tuning_problem
 
 

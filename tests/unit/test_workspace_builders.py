@@ -1,5 +1,4 @@
-"""The Workspace controller's pure builders: the Job, Deployment, StatefulSet, Services and
-ConfigMap a user finds in the cluster for a Workspace.
+"""The Workspace controller's pure builders: the Job, Deployment, Service and ConfigMap a user finds in the cluster for a Workspace.
 
 Besides what a user relies on (names, ports, GPU limits, args, mounts, security), every
 object is walked against the Kubernetes OpenAPI models (kubernetes_asyncio), so a
@@ -19,9 +18,10 @@ import yaml
 from controller.workspace.inference import (
     AdapterMount,
     adapters_for,
-    build_headless_service,
     build_inference_workload,
     build_service,
+    legacy_headless_service_name,
+    legacy_statefulset_name,
     tuned_adapter,
 )
 from controller.workspace.tuning import build_default_tuning_config, build_tuning_job
@@ -34,7 +34,6 @@ from controller.workspace.workload import (
 from crds.tuning_config import Method
 from crds.workspace import Workspace
 from presets.catalog import IMAGE_WEIGHTS_PRESETS, GpuSku, ModelPreset, load_catalog
-from presets.memory import inference_node_count
 from runtime.base_model import SMOLLM2_PRESET
 from runtime.tuning.config import parse_training_config
 
@@ -374,7 +373,7 @@ def test_default_tuning_config_is_what_the_runtime_accepts(method: Method) -> No
 def test_single_node_inference_is_a_recreated_deployment() -> None:
     ws = inference_workspace()
     deployment = build_inference_workload(ws, preset("phi-3-mini-4k-instruct"), sku(),
-                                          settings=SETTINGS, revision=REVISION, node_count=1,
+                                          settings=SETTINGS, revision=REVISION, replicas=1,
                                           adapters=[])
     assert_valid_pod_template(deployment, "Deployment")
     assert (deployment["apiVersion"], deployment["kind"]) == ("apps/v1", "Deployment")
@@ -391,8 +390,10 @@ def test_single_node_inference_is_a_recreated_deployment() -> None:
     server = container(deployment, "inference")
     assert server["args"][:5] == ["serve", "--model", "/mnt/model", "--port", "5000"]
     assert "--adapter" not in server["args"]
-    assert {(p["name"], p["containerPort"]) for p in server["ports"]} == {
-        ("http", 5000), ("torchrun", 29500)}
+    # Only what the server listens on: no torchrun port (nothing here rendezvous).
+    assert server["ports"] == [{"name": "http", "containerPort": 5000, "protocol": "TCP"}]
+    assert not {"MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK"} & {
+        e["name"] for e in server["env"]}
     assert server["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert server[probe]["httpGet"]["path"] == "/health"
@@ -409,35 +410,38 @@ def test_single_node_inference_is_a_recreated_deployment() -> None:
     ]}]
 
 
-def test_a_preset_needing_two_nodes_is_a_statefulset_behind_a_headless_service() -> None:
-    medium = preset("phi-3-medium-4k-instruct")
-    node_count = inference_node_count(medium, sku())
-    assert node_count == 2
+def test_count_two_is_a_deployment_of_two_replicas_on_two_nodes_with_all_their_gpus() -> None:
+    """``count: 2`` is two replicas, each serving the whole model with every GPU of a node
+    of its own; no StatefulSet, no rendezvous environment, no torchrun port."""
     ws = inference_workspace("phi-3-medium-4k-instruct")
-    workload = build_inference_workload(ws, medium, sku(), settings=SETTINGS,
-                                        revision=REVISION, node_count=node_count, adapters=[])
-    assert_valid_pod_template(workload, "StatefulSet")
-    headless = build_headless_service(ws)
-    assert list(unknown_fields(headless, "V1Service", "Service")) == []
-    assert workload["kind"] == "StatefulSet"
-    assert workload["metadata"]["name"] == "workspace-phi-3"
+    four_v100 = sku("Standard_NC24s_v3")
+    workload = build_inference_workload(ws, preset("phi-3-medium-4k-instruct"), four_v100,
+                                        settings=SETTINGS, revision=REVISION, replicas=2,
+                                        adapters=[])
+    assert_valid_pod_template(workload, "Deployment")
+    assert (workload["kind"], workload["metadata"]["name"]) == ("Deployment", "workspace-phi-3")
     spec = workload["spec"]
     assert spec["replicas"] == 2
-    assert spec["podManagementPolicy"] == "Parallel"
-    assert spec["serviceName"] == headless["metadata"]["name"] == "workspace-phi-3-headless"
-    assert headless["spec"]["clusterIP"] == "None"
-    assert headless["spec"]["publishNotReadyAddresses"] is True
-    assert headless["spec"]["ports"] == [
-        {"name": "torchrun", "protocol": "TCP", "port": 29500, "targetPort": 29500}]
-    assert headless["spec"]["selector"].items() <= (
-        spec["template"]["metadata"]["labels"].items())
-    env = {e["name"]: e for e in container(workload, "inference")["env"]}
-    assert env["MASTER_ADDR"]["value"] == (
-        "workspace-phi-3-0.workspace-phi-3-headless.serving.svc")
-    assert env["NNODES"]["value"] == "2"
-    anti = pod(workload)["affinity"]["podAntiAffinity"]
-    assert anti["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == (
-        "kubernetes.io/hostname")
+    assert spec["strategy"] == {"type": "RollingUpdate",
+                                "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert "serviceName" not in spec
+    server = container(workload, "inference")
+    assert server["resources"] == {"limits": {"nvidia.com/gpu": "4"}}
+    assert server["ports"] == [{"name": "http", "containerPort": 5000, "protocol": "TCP"}]
+    assert not {"MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK"} & {
+        e["name"] for e in server["env"]}
+    anti = pod(workload)["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert anti == [{"labelSelector": {"matchLabels": spec["selector"]["matchLabels"]},
+                     "topologyKey": "kubernetes.io/hostname"}]
+    # The node affinity of the label selector is kept beside it.
+    assert pod(workload)["affinity"]["nodeAffinity"]
+    one = build_inference_workload(ws, preset("phi-3-medium-4k-instruct"), four_v100,
+                                   settings=SETTINGS, revision=REVISION, replicas=1, adapters=[])
+    assert "podAntiAffinity" not in pod(one)["affinity"]
+    with pytest.raises(ValueError, match="replicas"):
+        build_inference_workload(ws, preset("phi-3-medium-4k-instruct"), four_v100,
+                                 settings=SETTINGS, revision=REVISION, replicas=0, adapters=[])
 
 
 def test_service_routes_port_80_to_the_inference_pods() -> None:
@@ -449,10 +453,9 @@ def test_service_routes_port_80_to_the_inference_pods() -> None:
     assert service["spec"]["type"] == "ClusterIP"
     assert service["spec"]["ports"] == [
         {"name": "http", "protocol": "TCP", "port": 80, "targetPort": 5000},
-        {"name": "torchrun", "protocol": "TCP", "port": 29500, "targetPort": 29500},
     ]
     deployment = build_inference_workload(ws, preset("phi-3-mini-4k-instruct"), sku(),
-                                          settings=SETTINGS, revision=REVISION, node_count=1,
+                                          settings=SETTINGS, revision=REVISION, replicas=1,
                                           adapters=[])
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"] == {**workspace_labels(ws),
@@ -480,7 +483,7 @@ def test_adapters_are_pulled_or_mounted_and_passed_to_the_server() -> None:
         AdapterMount(name="local", strength="1.0", volume_source=PVC),
     ]
     deployment = build_inference_workload(ws, preset("phi-3-mini-4k-instruct"), sku(),
-                                          settings=SETTINGS, revision=REVISION, node_count=1,
+                                          settings=SETTINGS, revision=REVISION, replicas=1,
                                           adapters=adapters)
     assert_valid_pod_template(deployment, "Deployment")
     server = container(deployment, "inference")
@@ -520,7 +523,7 @@ def test_a_tuned_workspace_serves_its_own_adapter() -> None:
     assert on_volume == AdapterMount(name="workspace-tuning-phi-3", volume_source=PVC)
 
     deployment = build_inference_workload(ws, preset("phi-3-mini-128k-instruct"), sku(),
-                                          settings=SETTINGS, revision=REVISION, node_count=1,
+                                          settings=SETTINGS, revision=REVISION, replicas=1,
                                           adapters=[adapter])
     assert_valid_pod_template(deployment, "Deployment")
     assert flag(container(deployment, "inference")["args"], "--adapter") == (
@@ -532,7 +535,7 @@ def test_a_tuned_workspace_serves_its_own_adapter() -> None:
 def test_serving_the_preset_in_the_image_downloads_nothing() -> None:
     ws = inference_workspace(SMOLLM2_PRESET)
     deployment = build_inference_workload(ws, preset(SMOLLM2_PRESET), None, settings=SETTINGS,
-                                          revision=REVISION, node_count=1, adapters=[])
+                                          revision=REVISION, replicas=1, adapters=[])
     server = container(deployment, "inference")
     assert flag(server["args"], "--model") == SMOLLM2_PRESET
     assert "initContainers" not in pod(deployment)
@@ -544,19 +547,20 @@ def test_long_workspace_names_still_give_valid_object_names() -> None:
     document: dict[str, Any] = inference_workspace("phi-3-medium-4k-instruct").to_dict()
     document["metadata"]["name"] = name
     ws = Workspace.model_validate(document)
-    statefulset = build_inference_workload(ws, preset("phi-3-medium-4k-instruct"), sku(),
-                                           settings=SETTINGS, revision=REVISION, node_count=2,
-                                           adapters=[])
-    headless = build_headless_service(ws)
+    deployment = build_inference_workload(ws, preset("phi-3-medium-4k-instruct"), sku(),
+                                          settings=SETTINGS, revision=REVISION, replicas=2,
+                                          adapters=[])
     config_map = build_default_tuning_config(seed(), preset("phi-3-mini-4k-instruct"), "lora",
                                              "default")
-    assert len(statefulset["metadata"]["name"]) <= 52  # room for controller-revision-hash
-    assert len(headless["metadata"]["name"]) <= 63
-    assert statefulset["spec"]["serviceName"] == headless["metadata"]["name"]
+    assert deployment["metadata"]["name"] == name
     assert build_service(ws)["metadata"]["name"] == name
     assert len(config_map["metadata"]["name"]) <= 63
-    for text in (statefulset["metadata"]["name"], headless["metadata"]["name"]):
-        assert DNS_LABEL.match(text)
+    # The names an earlier version gave its StatefulSet and headless Service, which the
+    # controller deletes on upgrade: as that version made them.
+    assert len(legacy_statefulset_name(ws)) <= 52
+    assert legacy_headless_service_name(ws).endswith("-headless")
+    for text in (legacy_statefulset_name(ws), legacy_headless_service_name(ws)):
+        assert len(text) <= 63 and DNS_LABEL.match(text)
 
 
 def test_operator_network_allowances_reach_every_runtime_container() -> None:
