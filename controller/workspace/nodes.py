@@ -322,7 +322,8 @@ class NodePlan:
     claims_to_delete: list[str] = field(default_factory=list)  # failed, their wait over
     pending_claims: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    fit_problem: str | None = None  # bring-your-own nodes too small for the workload
+    fit_problem: str | None = None  # the nodes cannot hold the workload
+    fit_hint: str = "select larger nodes in resource.labelSelector"  # what to do about it
     # Matching nodes that are not capacity for this workspace, and why ("n1: 0 of 1 GPU
     # free"); what a waiting workspace's condition names.
     busy_nodes: list[str] = field(default_factory=list)

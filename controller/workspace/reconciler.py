@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.events import NORMAL, WARNING, EventRecorder
+from controller.events import NORMAL, EventRecorder
 from controller.informer import Informer
 from controller.kube.client import KubeClient
 from controller.kube.errors import Conflict, NotFound
@@ -49,6 +49,7 @@ from controller.workspace.capacity import (
 from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import (
     ClaimRetry,
+    NodePlan,
     byo_fit_problem,
     claim_attempt,
     claim_labels,
@@ -57,8 +58,8 @@ from controller.workspace.nodes import (
     plan_nodes,
     usable_nodes,
 )
-from controller.workspace.pods import final_progress
-from controller.workspace.progress import ProgressReader, progress_status, same_progress
+from controller.workspace.progress import ProgressReader
+from controller.workspace.report import StatusReporter
 from controller.workspace.revision import (
     build_controller_revision,
     revision_hash,
@@ -70,7 +71,6 @@ from controller.workspace.status import (
     Observed,
     StatusPlan,
     Verdict,
-    apply_conditions,
     plan_status,
 )
 from controller.workspace.workload import (
@@ -90,9 +90,12 @@ from crds.tuning_config import (
     template_name,
     with_target_modules,
 )
-from crds.workspace import CONDITION_INFERENCE_READY, CONDITION_WORKSPACE_READY, Workspace
-from presets.catalog import Catalog, HfConfigSource, ModelPreset, is_hf_model_id
-from presets.memory import DEFAULT_TUNING_SEQ_LEN, TuningShape
+from crds.workspace import (
+    PresetSpec,
+    Workspace,
+)
+from presets.catalog import Catalog, GpuSku, HfConfigSource, ModelPreset, is_hf_model_id
+from presets.memory import DEFAULT_TUNING_SEQ_LEN, TuningShape, inference_fit_problem
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +104,6 @@ FINALIZER = "workspace.kaito.sh/finalizer"
 SERVE_AFTER_TUNING_ANNOTATION = "kaito.sh/serve-after-tuning"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 BEST_EFFORT_RETRY_SECONDS = 300.0  # a model whose config.json could not be read
-_WAITING_REASONS = frozenset({
-    "TuningInProgress", "JobNotCreated", "JobPending", "NodeClaimNotReady",
-    "WorkloadNotCreated", "InferenceNotReady"})
 
 
 @dataclass(frozen=True)
@@ -138,8 +138,24 @@ class Informers:
     bound_pods: Informer  # every bound, running pod, projected (GPU accounting)
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+@dataclass(frozen=True)
+class _Model:
+    """What the workspace asks to run, and on which GPUs."""
+
+    spec: PresetSpec | None
+    preset: ModelPreset | None
+    instance_type: str | None
+    sku: GpuSku | None  # the catalog's SKU of the instance type
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    """The node phase's outcome."""
+
+    plan: NodePlan
+    target: int
+    sku: GpuSku | None  # what one pod is sized for (SKU, partition or labelled GPUs)
+    serves_after_tuning: bool
 
 
 class WorkspaceReconciler:
@@ -160,13 +176,14 @@ class WorkspaceReconciler:
         self._catalog = catalog
         self._recorder = recorder
         self._settings = settings or WorkspaceSettings()
-        self._progress = progress or ProgressReader(self._settings.workload.progress_port)
-        self._last_progress_read: dict[str, float] = {}
         # key -> the resourceVersion our last write of that workspace replaced
         self._superseded: dict[str, str] = {}
-        self._metrics = metrics
         self._claims_resource = MACHINES if self._settings.use_machines else NODECLAIMS
         self._objects = ObjectWriter(client)
+        self._reporter = StatusReporter(
+            self._objects, recorder,
+            progress or ProgressReader(self._settings.workload.progress_port),
+            progress_interval_seconds=self._settings.progress_interval_seconds, metrics=metrics)
 
     @property
     def writes(self) -> int:
@@ -174,14 +191,14 @@ class WorkspaceReconciler:
         return self._objects.writes
 
     async def close(self) -> None:
-        await self._progress.close()
+        await self._reporter.close()
 
     # -- the pass ------------------------------------------------------------------------
 
     async def reconcile(self, request: Request) -> Result:
         obj = self._informers.workspaces.cache.get(request.key)
         if obj is None:
-            self._last_progress_read.pop(request.key, None)
+            self._reporter.forget(request.key)
             self._superseded.pop(request.key, None)
             return Result()
         ws = Workspace.model_validate(obj)
@@ -199,122 +216,169 @@ class WorkspaceReconciler:
             await self._record_revision(ws, obj, revision, add_finalizer=not has_finalizer)
             return Result()
 
-        is_tuning = ws.tuning is not None
+        model = await self._model(ws)
+        if model.preset is None:
+            return await self._report_unknown_model(ws, obj, model.spec)
+        nodes = await self._provision(ws, obj, model, revision)
+        observed = await self._run_workload(ws, obj, model, nodes, revision)
+        return await self._report(request.key, ws, obj, observed, nodes)
+
+    # -- the phases ----------------------------------------------------------------------
+
+    async def _model(self, ws: Workspace) -> _Model:
+        """The preset the workspace names (catalog, else a best-effort Hugging Face id's
+        config.json) and the GPUs its instance type has."""
         spec = ws.tuning.preset if ws.tuning else (ws.inference.preset if ws.inference else None)
         preset = self._catalog.preset(spec.name) if spec else None
         if spec is not None and preset is None and self._settings.hf_configs is not None:
-            # Best-effort Hugging Face id: its config.json (cached; files or the Hub).
             preset = await asyncio.to_thread(self._settings.hf_configs.preset, spec.name)
         instance_type = ws.resource.instance_type if ws.resource else None
         sku = self._catalog.sku(instance_type) if instance_type else None
-        if preset is None:
-            plan = StatusPlan()
-            if spec is None:  # inference.template: a custom pod template
-                plan.conditions["ResourceReady"] = Verdict(
-                    "False", "CustomTemplateNotSupported",
-                    "inference.template workspaces are not run by this controller yet; "
-                    "use a preset")
-            elif is_hf_model_id(spec.name):
-                plan.conditions["ResourceReady"] = Verdict(
-                    "False", "ModelConfigUnavailable",
-                    f"{spec.name} is not in this operator's catalog and its config.json could "
-                    "not be read (KAITO_WORKSPACE__HF_CONFIG_DIRS, KAITO_WORKSPACE__HF_ENDPOINT):"
-                    " its size, and so its nodes, cannot be worked out; retried in 5 minutes")
-            else:
-                plan.conditions["ResourceReady"] = Verdict(
-                    "False", "PresetNotFound",
-                    f"preset {spec.name!r} is not in this operator's catalog")
-            await self._write_status(ws, obj, plan, target=None, workers=None, tuning=None)
-            if spec is not None and is_hf_model_id(spec.name):
-                return Result(requeue_after_seconds=BEST_EFFORT_RETRY_SECONDS)
-            return Result()
+        return _Model(spec=spec, preset=preset, instance_type=instance_type, sku=sku)
 
-        namespace = ws.metadata.namespace or "default"
-        name = ws.metadata.name or ""
+    async def _report_unknown_model(
+        self, ws: Workspace, obj: KubeObject, spec: PresetSpec | None
+    ) -> Result:
+        plan = StatusPlan()
+        if spec is None:  # inference.template: a custom pod template
+            plan.conditions["ResourceReady"] = Verdict(
+                "False", "CustomTemplateNotSupported",
+                "inference.template workspaces are not run by this controller yet; use a preset")
+        elif is_hf_model_id(spec.name):
+            plan.conditions["ResourceReady"] = Verdict(
+                "False", "ModelConfigUnavailable",
+                f"{spec.name} is not in this operator's catalog and its config.json could "
+                "not be read (KAITO_WORKSPACE__HF_CONFIG_DIRS, KAITO_WORKSPACE__HF_ENDPOINT):"
+                " its size, and so its nodes, cannot be worked out; retried in 5 minutes")
+        else:
+            plan.conditions["ResourceReady"] = Verdict(
+                "False", "PresetNotFound", f"preset {spec.name!r} is not in this operator's catalog")
+        await self._write_status(ws, obj, plan, target=None, workers=None, tuning=None)
+        if spec is not None and is_hf_model_id(spec.name):
+            return Result(requeue_after_seconds=BEST_EFFORT_RETRY_SECONDS)
+        return Result()
+
+    async def _provision(
+        self, ws: Workspace, obj: KubeObject, model: _Model, revision: str
+    ) -> _Nodes:
+        """How many nodes the workspace needs, which it uses, and the claims made or
+        released for it (refused ones replaced once their backoff ends)."""
+        assert model.preset is not None
+        namespace, name = ws.metadata.namespace or "default", ws.metadata.name or ""
+        is_tuning = ws.tuning is not None
         serves_after_tuning = annotation(obj, SERVE_AFTER_TUNING_ANNOTATION) != "false"
         target = 1 if is_tuning else max(1, (ws.resource.count if ws.resource else None) or 1)
         if is_tuning and not serves_after_tuning and self._tuned(namespace, name, revision):
             target = 0  # done and not served: the nodes go back, as upstream does
         nodes = list(self._informers.nodes.cache.objects())
+        claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
+        if target == 0:
+            await self._release_claims(obj, claims)
+        sku = model.sku
         byo_sku = None
         if not self._settings.can_provision and sku is None and not (
                 ws.resource and ws.resource.partition):
             # Bring-your-own nodes of a size the SKU table does not know: their GPUs come
             # from GPU feature discovery's labels, and fit is checked against those.
             byo_sku = nodes_gpu_sku(ws, nodes)
-        claims = self._informers.claims.cache.objects(labels=claim_labels(ws))
-        if target == 0:
-            for claim in claims:
-                if not (claim.get("metadata") or {}).get("deletionTimestamp"):
-                    await self._objects.delete(self._claims_resource, claim["metadata"]["name"], None)
-                    await self._recorder.record(
-                        obj, NORMAL, "NodesReleased",
-                        f"tuning finished: NodeClaim {claim['metadata']['name']} released",
-                        action="Provision")
         if sku is None and ws.resource is not None and ws.resource.partition is not None:
             sku = partition_sku(ws)  # the pod asks for its partitions, not whole GPUs
-        pod_sku = byo_sku if byo_sku is not None and target > 0 else sku
+        if byo_sku is not None and target > 0:
+            sku = byo_sku
         bound_pods = [pod for node_name in usable_nodes(ws, nodes)
                       for pod in self._informers.bound_pods.cache.by_index(
                           NODE_NAME_INDEX, node_name)]
-        node_plan = plan_nodes(ws, target_node_count=target, instance_type=instance_type,
-                               nodes=nodes, claims=claims,
-                               can_provision=self._settings.can_provision,
-                               claim_kind="Machine" if self._settings.use_machines
-                               else "NodeClaim",
-                               gpus_per_pod=container_gpus(gpu_resources(pod_sku)),
-                               gpus_used=gpus_used_by_others(
-                                   bound_pods, namespace=namespace, name=name),
-                               nodes_in_use=nodes_with_pods_of(
-                                   bound_pods, namespace=namespace, name=name),
-                               now=time.time(), retry=self._settings.claim_retry)
+        plan = plan_nodes(ws, target_node_count=target, instance_type=model.instance_type,
+                          nodes=nodes, claims=claims,
+                          can_provision=self._settings.can_provision,
+                          claim_kind="Machine" if self._settings.use_machines else "NodeClaim",
+                          gpus_per_pod=container_gpus(gpu_resources(sku)),
+                          gpus_used=gpus_used_by_others(bound_pods, namespace=namespace,
+                                                        name=name),
+                          nodes_in_use=nodes_with_pods_of(bound_pods, namespace=namespace,
+                                                          name=name),
+                          now=time.time(), retry=self._settings.claim_retry)
         if byo_sku is not None and target > 0:
-            node_plan.fit_problem = byo_fit_problem(
-                preset, byo_sku, is_tuning=is_tuning, catalog=self._catalog,
+            plan.fit_problem = byo_fit_problem(
+                model.preset, byo_sku, is_tuning=is_tuning, catalog=self._catalog,
                 shape=TuningShape(method=(ws.tuning.method or "lora") if ws.tuning else "lora",
-                                  seq_len=min(preset.context_length, DEFAULT_TUNING_SEQ_LEN)))
-            sku = byo_sku
-        for claim in node_plan.claims_to_create:
+                                  seq_len=min(model.preset.context_length,
+                                              DEFAULT_TUNING_SEQ_LEN)))
+        elif not is_tuning and model.sku is not None and target > 0:
+            # Admitted by an operator that served across nodes: one node must hold it now,
+            # and no node is claimed that could not.
+            plan.fit_problem = inference_fit_problem(model.preset, model.sku, self._catalog)
+            if plan.fit_problem is not None:
+                plan.claims_to_create = []
+                plan.fit_hint = ("resource.instanceType cannot be changed: delete the "
+                                 "workspace and create it with that instance type")
+        for claim in plan.claims_to_create:
             await self._objects.create(self._claims_resource, claim)
             attempt = claim_attempt(claim)
             await self._recorder.record(
                 obj, NORMAL, "NodeClaimCreated",
-                f"NodeClaim {claim['metadata']['name']} created for a {instance_type} node"
-                + (f" (attempt {attempt})" if attempt > 1 else ""), action="Provision")
-        for claim_to_delete in node_plan.claims_to_delete:
+                f"NodeClaim {claim['metadata']['name']} created for a {model.instance_type} "
+                "node" + (f" (attempt {attempt})" if attempt > 1 else ""), action="Provision")
+        for claim_to_delete in plan.claims_to_delete:
             # A refused claim whose backoff is over: its replacement was made above.
             await self._objects.delete(self._claims_resource, claim_to_delete, None)
+        return _Nodes(plan=plan, target=target, sku=sku,
+                      serves_after_tuning=serves_after_tuning)
 
-        observed = Observed(nodes=node_plan, is_tuning=is_tuning,
-                            serves_after_tuning=serves_after_tuning, now=time.time())
-        if is_tuning:
+    async def _release_claims(self, obj: KubeObject, claims: list[KubeObject]) -> None:
+        for claim in claims:
+            if not (claim.get("metadata") or {}).get("deletionTimestamp"):
+                await self._objects.delete(self._claims_resource, claim["metadata"]["name"], None)
+                await self._recorder.record(
+                    obj, NORMAL, "NodesReleased",
+                    f"tuning finished: NodeClaim {claim['metadata']['name']} released",
+                    action="Provision")
+
+    async def _run_workload(
+        self, ws: Workspace, obj: KubeObject, model: _Model, nodes: _Nodes, revision: str
+    ) -> Observed:
+        """The tuning Job, then (or instead) the serving Deployment, once the nodes are
+        ready; what exists of them and their pods."""
+        assert model.preset is not None
+        namespace, name = ws.metadata.namespace or "default", ws.metadata.name or ""
+        plan = nodes.plan
+        observed = Observed(nodes=plan, is_tuning=ws.tuning is not None,
+                            serves_after_tuning=nodes.serves_after_tuning, now=time.time())
+        if observed.is_tuning:
             observed.job, observed.config_problem = await self._ensure_job(
-                ws, obj, preset, sku, revision, may_create=node_plan.is_ready)
+                ws, obj, model.preset, nodes.sku, revision, may_create=plan.is_ready)
             observed.job_pods = self._pods(namespace, {JOB_NAME_LABEL: name})
             succeeded = bool(observed.job and (observed.job.get("status") or {}).get("succeeded"))
-            if succeeded and observed.serves_after_tuning and node_plan.is_ready:
+            if succeeded and observed.serves_after_tuning and plan.is_ready:
                 adapter = inference_builders.tuned_adapter(ws)
                 observed.workload = await self._ensure_inference(
-                    ws, preset, sku, revision, 1, [adapter])
-        elif node_plan.is_ready:
+                    ws, model.preset, nodes.sku, revision, 1, [adapter])
+        elif plan.is_ready:
             observed.workload = await self._ensure_inference(
-                ws, preset, sku, revision, target, inference_builders.adapters_for(ws))
+                ws, model.preset, nodes.sku, revision, nodes.target,
+                inference_builders.adapters_for(ws))
         else:
             observed.workload = self._existing_workload(ws)
         if observed.workload is not None:
             observed.workload_pods = self._pods(namespace, {
                 **workspace_labels(ws), "app.kubernetes.io/component": "inference"})
+        return observed
 
+    async def _report(
+        self, key: str, ws: Workspace, obj: KubeObject, observed: Observed, nodes: _Nodes
+    ) -> Result:
+        """Conditions, state and tuning progress written when they changed, an Event per
+        step, and when to look again (progress, a probe's grace, a claim's backoff)."""
         status_plan = plan_status(observed)
-        tuning_status, requeue = await self._tuning_progress(request.key, ws, observed)
+        tuning_status, requeue = await self._reporter.tuning_progress(key, ws, observed)
         changed = await self._write_status(
-            ws, obj, status_plan, target=target, workers=node_plan.worker_nodes,
+            ws, obj, status_plan, target=nodes.target, workers=nodes.plan.worker_nodes,
             tuning=tuning_status)
         if changed:
-            await self._record_transitions(obj, status_plan)
+            await self._reporter.record_transitions(obj, status_plan)
         waits = [wait for wait in (requeue, status_plan.recheck_after_seconds) if wait is not None]
-        if node_plan.retry_at is not None:  # look again when the backoff ends
-            waits.append(max(0.0, node_plan.retry_at - time.time()) + 0.5)
+        if nodes.plan.retry_at is not None:  # look again when the backoff ends
+            waits.append(max(0.0, nodes.plan.retry_at - time.time()) + 0.5)
         if waits:
             return Result(requeue_after_seconds=min(waits))
         return Result()
@@ -467,103 +531,15 @@ class WorkspaceReconciler:
 
     # -- status --------------------------------------------------------------------------
 
-    async def _tuning_progress(
-        self, key: str, ws: Workspace, observed: Observed
-    ) -> tuple[dict[str, Any] | None, float | None]:
-        """(status.tuning, requeue_after) — reads the pod at most once per interval."""
-        previous = ws.status.tuning.model_dump(by_alias=True, exclude_none=True, mode="json") if (
-            ws.status and ws.status.tuning) else None
-        if not observed.is_tuning or observed.job is None:
-            return previous, None
-        job_status = observed.job.get("status") or {}
-        if job_status.get("succeeded") or job_status.get("failed") and not job_status.get(
-                "active"):
-            return self._final_progress(previous, observed, bool(job_status.get("succeeded"))), None
-        interval = self._settings.progress_interval_seconds
-        now = time.monotonic()
-        last = self._last_progress_read.get(key)
-        if last is not None and now - last < interval:
-            return previous, interval - (now - last)
-        self._last_progress_read[key] = now
-        running = [pod for pod in observed.job_pods
-                   if (pod.get("status") or {}).get("phase") == "Running"]
-        if not running:
-            return previous, interval
-        snapshot = await self._progress.read(running[-1])
-        if snapshot is None:
-            return previous, interval
-        fresh = progress_status(snapshot, time.time())
-        return (previous if same_progress(previous, fresh) else fresh), interval
-
-    @staticmethod
-    def _final_progress(previous: dict[str, Any] | None, observed: Observed,
-                        succeeded: bool) -> dict[str, Any] | None:
-        """``status.tuning`` once the Job has ended: the tuning container's last snapshot
-        (its termination message), else the last one read with the Job's outcome as the
-        phase, so the status never stays at "training 15/16" after the run is over."""
-        snapshot = final_progress(observed.job_pods, tuning_builders.TUNER_CONTAINER)
-        if snapshot is not None and (snapshot.get("phase") == "succeeded") == succeeded:
-            fresh = progress_status(snapshot, time.time())
-            return previous if same_progress(previous, fresh) else fresh
-        phase = "succeeded" if succeeded else "failed"
-        if previous is None or previous.get("phase") == phase:
-            return previous
-        return {**previous, "phase": phase, "etaSeconds": 0} if succeeded else {
-            **{k: v for k, v in previous.items() if k != "etaSeconds"}, "phase": phase}
-
     async def _write_status(
         self, ws: Workspace, obj: KubeObject, plan: StatusPlan, *, target: int | None,
         workers: list[str] | None, tuning: dict[str, Any] | None,
     ) -> bool:
-        """Replace the status when it differs from what is stored; True if written."""
-        current = dict(obj.get("status") or {})
-        conditions = apply_conditions(ws.status.conditions if ws.status else None, plan,
-                                      ws.metadata.generation, _now())
-        status: dict[str, Any] = {
-            "conditions": [c.model_dump(by_alias=True, exclude_none=True, mode="json")
-                           for c in conditions],
-            "state": plan.state,
-        }
-        if target is not None:
-            status["targetNodeCount"] = target
-        if workers:
-            status["workerNodes"] = workers
-        if tuning:
-            status["tuning"] = tuning
-        if status == current:
-            return False
-        body = dict(obj)
-        body["status"] = status
-        # A Conflict means a newer workspace is on its way: the retry reads it.
-        await self._objects.replace_status(WORKSPACES, body)
-        self._note_superseded(obj)
-        if self._metrics is not None:
-            self._metrics.observe_transitions(obj, current.get("conditions") or [],
-                                              status["conditions"])
-        return True
-
-    async def _record_transitions(self, obj: KubeObject, plan: StatusPlan) -> None:
-        """An Event for each condition whose status or reason changed in this pass.
-
-        Waiting is not news; WorkspaceReady=False only repeats another condition's reason;
-        and when WorkspaceReady turns True, InferenceReady turning True in the same pass is
-        folded into it (one Event per step, not per condition)."""
-        before = {c.get("type"): (c.get("status"), c.get("reason"))
-                  for c in (obj.get("status") or {}).get("conditions") or []}
-        changed = {kind: verdict for kind, verdict in plan.conditions.items()
-                   if before.get(kind) != (verdict.status, verdict.reason)}
-        ready = changed.get(CONDITION_WORKSPACE_READY)
-        for condition_type, verdict in changed.items():
-            if verdict.status == "False" and (
-                    verdict.reason in _WAITING_REASONS
-                    or condition_type == CONDITION_WORKSPACE_READY):
-                continue
-            if (condition_type == CONDITION_INFERENCE_READY and verdict.status == "True"
-                    and ready is not None and ready.status == "True"):
-                continue
-            await self._recorder.record(
-                obj, NORMAL if verdict.status == "True" else WARNING, verdict.reason,
-                f"{condition_type}: {verdict.message}")
+        written = await self._reporter.write(ws, obj, plan, target=target, workers=workers,
+                                             tuning=tuning)
+        if written:
+            self._note_superseded(obj)
+        return written
 
     # -- deletion ------------------------------------------------------------------------
 

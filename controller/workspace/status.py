@@ -91,7 +91,7 @@ def _resource_verdict(plan: NodePlan) -> Verdict:
                        "served here: its GPU nodes were released")
     if plan.fit_problem is not None:
         return Verdict("False", "InsufficientGPUMemory",
-                       plan.fit_problem + ": select larger nodes in resource.labelSelector")
+                       f"{plan.fit_problem}: {plan.fit_hint}")
     if plan.is_ready:
         names = ", ".join(plan.worker_nodes)
         return Verdict("True", "NodesReady", f"{len(plan.worker_nodes)} GPU node(s) ready: {names}")

@@ -218,7 +218,7 @@ def test_the_final_progress_is_the_tuners_termination_message(tmp_path: Any) -> 
 
 
 def test_status_tuning_ends_with_the_runs_final_state() -> None:
-    from controller.workspace.reconciler import WorkspaceReconciler
+    from controller.workspace.report import final_tuning_status
 
     previous = {"phase": "training", "step": 15, "totalSteps": 16, "progress": "15/16",
                 "etaSeconds": 3}
@@ -226,12 +226,12 @@ def test_status_tuning_ends_with_the_runs_final_state() -> None:
     done = _pod(container={"state": {"terminated": {"exitCode": 0, "message": summary}}},
                 container_name="tuner", phase="Succeeded")
     observed = Observed(nodes=_nodes(True), is_tuning=True, job_pods=[done], now=NOW)
-    final = WorkspaceReconciler._final_progress(previous, observed, True)
+    final = final_tuning_status(previous, observed, True)
     assert final is not None
     assert (final["phase"], final["progress"], final["loss"]) == ("succeeded", "16/16", "0.500")
     # An older runtime left no summary: the last progress read, with the outcome as phase.
     bare = Observed(nodes=_nodes(True), is_tuning=True, job_pods=[], now=NOW)
-    assert WorkspaceReconciler._final_progress(previous, bare, True) == {
+    assert final_tuning_status(previous, bare, True) == {
         **previous, "phase": "succeeded", "etaSeconds": 0}
-    failed = WorkspaceReconciler._final_progress(previous, bare, False)
+    failed = final_tuning_status(previous, bare, False)
     assert failed is not None and failed["phase"] == "failed" and "etaSeconds" not in failed
