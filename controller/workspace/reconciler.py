@@ -84,11 +84,9 @@ from crds.tuning_config import (
     CONFIG_KEY,
     ConfigError,
     Method,
-    default_config_text,
     is_template_name,
     parse_training_config_text,
     template_name,
-    with_target_modules,
 )
 from crds.workspace import (
     PresetSpec,
@@ -460,10 +458,9 @@ class WorkspaceReconciler:
             text = str((template.get("data") or {}).get(CONFIG_KEY) or "")
         except NotFound:
             text = ""
-        config_map = tuning_builders.build_default_tuning_config(ws, preset, method, namespace)
-        final = with_target_modules(text or default_config_text(method),
-                                    preset.lora_target_modules)
-        config_map["data"] = {CONFIG_KEY: final}
+        config_map = tuning_builders.build_default_tuning_config(ws, preset, method, namespace,
+                                                                 template_text=text)
+        final = str(config_map["data"][CONFIG_KEY])
         try:
             parse_training_config_text(final, method)
         except ConfigError as error:

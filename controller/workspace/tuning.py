@@ -201,16 +201,18 @@ def tuning_config_name(ws: Workspace) -> str:
 
 
 def build_default_tuning_config(
-    ws: Workspace, preset: ModelPreset, method: Method, namespace: str
+    ws: Workspace, preset: ModelPreset, method: Method, namespace: str,
+    template_text: str | None = None,
 ) -> JsonDict:
     """The ConfigMap ``<ws>-tuning-config`` used when the workspace names no
-    ``tuning.config``: the method's default (crds.tuning_config, the one source the shipped
-    templates in config/tuning and the webhook also use) with the preset's LoRA target
-    modules."""
+    ``tuning.config``: the operator's template for the method (``template_text``; else the
+    method's default from crds.tuning_config, the one source the shipped templates in
+    config/tuning and the webhook also use) with the preset's LoRA target modules."""
     metadata = object_metadata(ws, tuning_config_name(ws), COMPONENT)
     metadata["namespace"] = namespace
     if namespace != workspace_namespace(ws):  # owners must live in the same namespace
         del metadata["ownerReferences"]
-    text = with_target_modules(default_config_text(method), preset.lora_target_modules)
+    text = with_target_modules(template_text or default_config_text(method),
+                               preset.lora_target_modules)
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata,
             "data": {CONFIG_KEY: text}}
