@@ -285,11 +285,14 @@ def test_a_node_made_for_another_workspace_is_never_ours() -> None:
     assert ours.is_ready and ours.worker_nodes == ["mine"] and not ours.claims_to_create
 
 
-def test_nodes_our_pods_run_on_come_first() -> None:
+def test_a_node_our_pod_runs_on_stays_ours_and_our_claims_nodes_come_first() -> None:
     nodes = [node("a", {"app": "ws1"}), node("b", {"app": "ws1"})]
-    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
-                      nodes=nodes, claims=[], nodes_in_use={"b"})
+    plan = plan_nodes(workspace(), target_node_count=2, instance_type="Standard_NC6s_v3",
+                      nodes=nodes, claims=[], gpus_used={"a": 1, "b": 1}, nodes_in_use={"b"})
     assert plan.worker_nodes == ["b"]
+    claimed = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                         nodes=nodes, claims=[claim(claim_name(workspace(), 0), node_name="b")])
+    assert claimed.worker_nodes == ["b"]
 
 
 def test_bring_your_own_nodes_all_taken_say_what_the_workspace_waits_for() -> None:
