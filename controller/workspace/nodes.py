@@ -358,8 +358,8 @@ def plan_nodes(
     ``claims`` are this workspace's claims (by label). A Ready GPU node matching the
     selector counts when it was not made for another workspace and its free GPUs
     (allocatable minus ``gpus_used``, the requests of other pods bound to it) cover
-    ``gpus_per_pod``; the nodes this workspace's pods already run on (``nodes_in_use``)
-    come first, then the ones made for its claims, then the rest by name.
+    ``gpus_per_pod``, or when this workspace's own pods run on it (``nodes_in_use``); the
+    ones made for its claims come first, then the rest by name.
 
     A claim the provider refused stays until its backoff (``retry``, from its attempt
     annotation and its condition's lastTransitionTime, compared with ``now``) ends: it
@@ -388,8 +388,10 @@ def plan_nodes(
         if free < gpus_per_pod and name not in nodes_in_use:
             plan.busy_nodes.append(f"{name} ({max(free, 0)} of {node_gpus(node)} GPU(s) free)")
             continue
-        rank = 0 if name in nodes_in_use else 1 if name in claimed_nodes else 2
-        usable.append((rank, name))
+        # Nodes made for our claims first, then the rest by name. (Not "where our pods
+        # landed first": that would rename workerNodes, a status write, whenever the
+        # scheduler picks another of several free nodes.)
+        usable.append((0 if name in claimed_nodes else 1, name))
     plan.worker_nodes = [name for _, name in sorted(usable)][:target_node_count]
     live_claims: list[Mapping[str, Any]] = []
     waiting_failed = 0

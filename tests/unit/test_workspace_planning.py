@@ -299,11 +299,14 @@ def test_a_pool_node_lent_to_another_workspace_shares_its_free_gpus() -> None:
     assert not full.is_ready
 
 
-def test_nodes_our_pods_run_on_come_first() -> None:
+def test_a_node_our_pod_runs_on_stays_ours_and_our_claims_nodes_come_first() -> None:
     nodes = [node("a", {"app": "ws1"}), node("b", {"app": "ws1"})]
-    plan = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
-                      nodes=nodes, claims=[], nodes_in_use={"b"})
+    plan = plan_nodes(workspace(), target_node_count=2, instance_type="Standard_NC6s_v3",
+                      nodes=nodes, claims=[], gpus_used={"a": 1, "b": 1}, nodes_in_use={"b"})
     assert plan.worker_nodes == ["b"]
+    claimed = plan_nodes(workspace(), target_node_count=1, instance_type="Standard_NC6s_v3",
+                         nodes=nodes, claims=[claim(claim_name(workspace(), 0), node_name="b")])
+    assert claimed.worker_nodes == ["b"]
 
 
 def test_bring_your_own_nodes_all_taken_say_what_the_workspace_waits_for() -> None:
