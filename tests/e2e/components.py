@@ -37,6 +37,21 @@ def wait_for(what: str, check: Callable[[], Any], *, timeout: float = 120,
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def delete_workspaces(kubectl: Callable[..., subprocess.CompletedProcess[str]],
+                      timeout: float = 180) -> None:
+    """Delete every Workspace and wait until all are gone. A module whose controller is
+    still running calls this before stopping it: a workspace left behind keeps its
+    finalizer, and the next module's controller would reconcile it (claims for nodes
+    nobody makes, writes a test counts)."""
+    kubectl("delete", "workspaces", "--all", "--all-namespaces", "--wait=false", check=False)
+
+    def none_left() -> bool:
+        listed = kubectl("get", "workspaces", "--all-namespaces", "-o", "json", check=False)
+        return listed.returncode == 0 and not json.loads(listed.stdout)["items"]
+
+    wait_for("every workspace gone", none_left, timeout=timeout)
+
+
 class ComponentProcess:
     """`python -m <module>` with the shared controller flags, on a free metrics port."""
 

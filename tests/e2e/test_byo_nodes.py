@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from kaito.devcluster import LocalCluster
-from tests.e2e.components import ComponentProcess, wait_for
+from tests.e2e.components import ComponentProcess, delete_workspaces, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -127,6 +127,7 @@ def byo_controller(cluster: LocalCluster, operator_namespace: str, hub: str,
     process.start()
     try:
         yield process
+        delete_workspaces(cluster.kubectl)
     finally:
         process.kill()
         print(process.log_path.read_text()[-5000:])

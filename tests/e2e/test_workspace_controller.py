@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from kaito.devcluster import LocalCluster
-from tests.e2e.components import ComponentProcess, Revisions, wait_for
+from tests.e2e.components import ComponentProcess, Revisions, delete_workspaces, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -172,6 +172,9 @@ def controller(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
     process.start()
     try:
         yield process
+        if process.process is None:  # a test killed it and failed before restarting it
+            process.start()
+        delete_workspaces(cluster.kubectl)
     finally:
         process.kill()
         print(process.log_path.read_text()[-5000:])
