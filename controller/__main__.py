@@ -119,6 +119,7 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
             progress_interval_seconds=options.progress_interval_seconds,
             operator_namespace=options.operator_namespace,
             hf_configs=HfConfigSource(options.hf_config_dirs, options.hf_endpoint),
+            registry_ca_config_map=options.registry_ca_config_map,
         ),
     )
     return reconciler.close

@@ -56,6 +56,7 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         indexers: dict[str, IndexFunc] | None = None,
         transform: Transform | None = strip_managed_fields,
         metrics: Metrics | None = None,
@@ -73,6 +74,8 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        # e.g. metadata.name=X: one object, which RBAC can grant by resourceNames.
+        self.field_selector = field_selector
         self.cache = Cache(indexers)
         self._client = client
         self._transform = transform
@@ -180,7 +183,7 @@ class Informer:
     async def _list(self) -> None:
         page = await self._client.list_all(
             self.resource, self.namespace, label_selector=self.label_selector,
-            page_size=self._page_size,
+            page_size=self._page_size, field_selector=self.field_selector,
         )
         objects = [self._prepare(obj) for obj in page.items]
         delta = self.cache.replace(objects)
@@ -217,6 +220,7 @@ class Informer:
                 self.resource, self.namespace,
                 resource_version=self._resource_version or "0",
                 label_selector=self.label_selector,
+                field_selector=self.field_selector,
                 timeout_seconds=timeout_seconds,
                 read_timeout_seconds=self._read_timeout_seconds,
             )

@@ -50,7 +50,8 @@ class Manager:
         self._port = port
         self._graceful_shutdown_seconds = graceful_shutdown_seconds
         self._informer_options: InformerOptions = informer_options or {}
-        self._informers: dict[tuple[ResourceType, str | None, str | None], Informer] = {}
+        self._informers: dict[
+            tuple[ResourceType, str | None, str | None, str | None], Informer] = {}
         self._controllers: list[Controller] = []
         self._stop_requested: asyncio.Event | None = None
         self._is_stop_pending = False
@@ -65,14 +66,15 @@ class Manager:
         resource: ResourceType,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
     ) -> Informer:
-        """The shared informer for this resource/namespace/selector (created once)."""
-        key = (resource, namespace, label_selector)
+        """The shared informer for this resource/namespace/selectors (created once)."""
+        key = (resource, namespace, label_selector, field_selector)
         informer = self._informers.get(key)
         if informer is None:
             informer = Informer(
                 self.client, resource, namespace=namespace, label_selector=label_selector,
-                metrics=self.metrics, **self._informer_options,
+                field_selector=field_selector, metrics=self.metrics, **self._informer_options,
             )
             self._informers[key] = informer
         return informer

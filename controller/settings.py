@@ -85,6 +85,10 @@ class WorkspaceControllerSettings(BaseModel):
     hf_config_dirs: Annotated[tuple[Path, ...], NoDecode] = ()
     # A Hugging Face Hub endpoint such config.json files are read from otherwise (unset: none).
     hf_endpoint: str | None = None
+    # A ConfigMap in operator_namespace of PEM bundles, one per private-CA registry (keys
+    # `<host>.crt` for port 443, `<host>_<port>.crt` otherwise: crds/registry_ca.py); the
+    # pods that push or pull adapters trust it for that registry. Unset: system roots only.
+    registry_ca_config_map: str | None = None
 
     @field_validator("fetch_allow_cidrs", "plain_http_registries", "hf_config_dirs",
                      mode="before")

@@ -277,10 +277,13 @@ class KubeClient:
         label_selector: str | None = None,
         limit: int | None = None,
         continue_token: str | None = None,
+        field_selector: str | None = None,
     ) -> ListPage:
         query: dict[str, str] = {}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         if limit is not None:
             query["limit"] = str(limit)
         if continue_token:
@@ -306,6 +309,7 @@ class KubeClient:
         *,
         label_selector: str | None = None,
         page_size: int = 500,
+        field_selector: str | None = None,
     ) -> ListPage:
         """Every page of a list; the resourceVersion is the consistent snapshot's."""
         items: list[KubeObject] = []
@@ -313,7 +317,7 @@ class KubeClient:
         while True:
             page = await self.list(
                 resource, namespace, label_selector=label_selector, limit=page_size,
-                continue_token=token,
+                continue_token=token, field_selector=field_selector,
             )
             items.extend(page.items)
             token = page.continue_token
@@ -369,6 +373,7 @@ class KubeClient:
         label_selector: str | None = None,
         timeout_seconds: int = 300,
         read_timeout_seconds: float = 70.0,
+        field_selector: str | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Stream watch events from `resource_version`, with bookmarks.
 
@@ -384,6 +389,8 @@ class KubeClient:
         }
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
         timeout = aiohttp.ClientTimeout(
             total=None,
             sock_connect=self._request_timeout_seconds,

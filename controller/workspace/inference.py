@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.workspace.registry_ca import mount_registry_ca
 from controller.workspace.workload import (
     MODEL_DIR,
     JsonDict,
@@ -203,8 +204,11 @@ def build_inference_workload(
     revision: str,
     node_count: int,
     adapters: list[AdapterMount],
+    registry_ca: str | None = None,
 ) -> JsonDict:
-    """A Deployment (one node) or a StatefulSet (several) serving ``preset``."""
+    """A Deployment (one node) or a StatefulSet (several) serving ``preset``.
+    ``registry_ca``: the workspace's copy of the registry CA ConfigMap, mounted in the
+    adapter pull init containers."""
     if node_count < 1:
         raise ValueError("node_count must be at least 1")
     name = workload_name(ws, node_count)
@@ -259,6 +263,8 @@ def build_inference_workload(
     pod_spec["volumes"] = volumes
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    if registry_ca and adapter_inits:
+        mount_registry_ca(pod_spec, adapter_inits, registry_ca)
     labels = component_labels(ws, COMPONENT)
     if node_count > 1:
         # One pod per node even where no GPU limit keeps them apart (unknown SKU).

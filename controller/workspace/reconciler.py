@@ -40,6 +40,7 @@ from controller.kube.resources import (
 )
 from controller.reconcile import Request, Result
 from controller.workspace import inference as inference_builders
+from controller.workspace import registry_ca as registry_ca_builders
 from controller.workspace import tuning as tuning_builders
 from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import (
@@ -109,6 +110,8 @@ class WorkspaceSettings:
     deletion_poll_seconds: float = 2.0
     operator_namespace: str = "kaito-system"  # where lora-/qlora-params-template live
     hf_configs: HfConfigSource | None = None  # config.json of best-effort presets
+    # The ConfigMap of registry CA bundles in operator_namespace (None: no private CAs).
+    registry_ca_config_map: str | None = None
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Informers:
     pods: Informer
     configmaps: Informer
     revisions: Informer
+    registry_ca: Informer | None = None  # the one source ConfigMap of registry CAs
 
 
 def desired_hash(obj: Mapping[str, Any]) -> str:
@@ -283,18 +287,21 @@ class WorkspaceReconciler:
 
         observed = Observed(nodes=node_plan, is_tuning=is_tuning,
                             serves_after_tuning=serves_after_tuning)
+        registry_ca = await self._ensure_registry_ca(ws)
         if is_tuning:
             observed.job, observed.config_problem = await self._ensure_job(
-                ws, obj, preset, sku, revision, may_create=node_plan.is_ready)
+                ws, obj, preset, sku, revision, may_create=node_plan.is_ready,
+                registry_ca=registry_ca)
             observed.job_pods = self._pods(namespace, {JOB_NAME_LABEL: name})
             succeeded = bool(observed.job and (observed.job.get("status") or {}).get("succeeded"))
             if succeeded and observed.serves_after_tuning and node_plan.is_ready:
                 adapter = inference_builders.tuned_adapter(ws)
                 observed.workload = await self._ensure_inference(
-                    ws, preset, sku, revision, 1, [adapter])
+                    ws, preset, sku, revision, 1, [adapter], registry_ca)
         elif node_plan.is_ready:
             observed.workload = await self._ensure_inference(
-                ws, preset, sku, revision, target, inference_builders.adapters_for(ws))
+                ws, preset, sku, revision, target, inference_builders.adapters_for(ws),
+                registry_ca)
         else:
             observed.workload = self._existing_workload(ws)
         if observed.workload is not None:
@@ -338,7 +345,7 @@ class WorkspaceReconciler:
 
     async def _ensure_job(
         self, ws: Workspace, obj: KubeObject, preset: Any, sku: Any, revision: str, *,
-        may_create: bool,
+        may_create: bool, registry_ca: str | None = None,
     ) -> tuple[KubeObject | None, str | None]:
         """The tuning Job (made when the nodes are ready), and why the default config
         cannot be used when the operator's template no longer parses."""
@@ -368,7 +375,7 @@ class WorkspaceReconciler:
             await self._ensure(CONFIGMAPS, config_map, self._informers.configmaps)
         job = tuning_builders.build_tuning_job(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
-            config_map_name=config_name)
+            config_map_name=config_name, registry_ca=registry_ca)
         created = await self._create(JOBS, with_hash(job))
         await self._recorder.record(obj, NORMAL, "TuningJobCreated",
                                     f"Job {name} created", action="Tune")
@@ -409,7 +416,7 @@ class WorkspaceReconciler:
 
     async def _ensure_inference(
         self, ws: Workspace, preset: Any, sku: Any, revision: str, node_count: int,
-        adapters: list[Any],
+        adapters: list[Any], registry_ca: str | None = None,
     ) -> KubeObject | None:
         await self._ensure(SERVICES, inference_builders.build_service(ws),
                            self._informers.services)
@@ -418,10 +425,30 @@ class WorkspaceReconciler:
                                self._informers.services)
         workload = inference_builders.build_inference_workload(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
-            node_count=node_count, adapters=adapters)
+            node_count=node_count, adapters=adapters, registry_ca=registry_ca)
         resource, informer = (DEPLOYMENTS, self._informers.deployments) if (
             workload["kind"] == "Deployment") else (STATEFULSETS, self._informers.statefulsets)
         return await self._ensure(resource, workload, informer)
+
+    async def _ensure_registry_ca(self, ws: Workspace) -> str | None:
+        """The workspace's copy of the operator's registry CA ConfigMap, written when it
+        differs from the source's bundles; its name, or None when there is nothing to
+        mount (no setting, no bundles, or no registry used by this workspace)."""
+        source_name = self._settings.registry_ca_config_map
+        if not source_name or self._informers.registry_ca is None or not (
+                registry_ca_builders.uses_registry(ws)):
+            return None
+        source = self._informers.registry_ca.cache.get(
+            f"{self._settings.operator_namespace}/{source_name}")
+        _, invalid = registry_ca_builders.bundle_keys(source)
+        if invalid:
+            log.warning("registry CA keys not in the <host>[_<port>].crt scheme ignored",
+                        extra={"configmap": source_name, "keys": invalid})
+        copy = registry_ca_builders.build_registry_ca_copy(ws, source)
+        if copy is None:
+            return None
+        await self._ensure(CONFIGMAPS, copy, self._informers.configmaps)
+        return str(copy["metadata"]["name"])
 
     def _tuned(self, namespace: str, name: str, revision: str) -> bool:
         """Whether this revision's tuning Job has succeeded."""

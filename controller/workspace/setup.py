@@ -33,8 +33,10 @@ from controller.reconcile import Request
 from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import selector_matches
 from controller.workspace.reconciler import Informers, WorkspaceReconciler, WorkspaceSettings
+from controller.workspace.registry_ca import uses_registry
 from crds.karpenter import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
 from crds.meta import LabelSelector
+from crds.workspace import Workspace
 from presets.catalog import Catalog, load_catalog
 
 CONTROLLER_NAME = "workspace"
@@ -102,6 +104,11 @@ def setup_workspace_controller(
         configmaps=manager.informer(CONFIGMAPS, namespace, selector),
         revisions=manager.informer(CONTROLLER_REVISIONS, namespace, selector),
     )
+    if settings is not None and settings.registry_ca_config_map:
+        # The one source ConfigMap (RBAC may grant it by name: a field selector on it).
+        informers.registry_ca = manager.informer(
+            CONFIGMAPS, settings.operator_namespace,
+            field_selector=f"metadata.name={settings.registry_ca_config_map}")
     metrics = WorkspaceMetrics(manager.metrics.registry, informers.workspaces.cache.objects)
     recorder = EventRecorder(manager.client, REPORTING_CONTROLLER, identity)
     manager.add_closer(recorder.close)
@@ -132,5 +139,20 @@ def setup_workspace_controller(
         return found
 
     controller.watch(informers.nodes, workspaces_for_node)
+
+    def workspaces_using_a_registry(event: Event) -> list[Request]:
+        """The source of the registry CAs changed: every copy may have to follow."""
+        found: list[Request] = []
+        for obj in informers.workspaces.cache.objects():
+            try:
+                ws = Workspace.model_validate(obj)
+            except ValueError:
+                continue
+            if uses_registry(ws) and ws.metadata.name and ws.metadata.namespace:
+                found.append(Request(name=ws.metadata.name, namespace=ws.metadata.namespace))
+        return found
+
+    if informers.registry_ca is not None:
+        controller.watch(informers.registry_ca, workspaces_using_a_registry)
     manager.add_controller(controller)
     return controller, reconciler
