@@ -33,11 +33,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from crds.registry_ca import ENV_CA_DIR, ca_keys
 from runtime import adapter_pull
 from runtime.oci import (
     ENV_CA_FILE,
     RegistryAuthError,
     RegistryError,
+    RegistryTLSError,
     build_annotations,
     pull_adapter,
     push_adapter,
@@ -402,3 +404,29 @@ def test_a_missing_ca_file_is_named(adapter_dir: Path, tls_registry: Registry,
     with pytest.raises(RegistryError, match=f"CA file /nonexistent/ca.pem .{ENV_CA_FILE}."):
         push_adapter(adapter_dir, f"{tls_registry.host}/team/adapter:x",
                      tls_registry.dockerconfigjson, _annotations())
+
+
+def test_a_registry_ca_folder_trusts_a_registry_with_its_own_bundle(
+    adapter_dir: Path, tls_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KAITO_REGISTRY_CA_DIR: the operator's registry CA ConfigMap as mounted in the pods,
+    one bundle per registry (crds/registry_ca.py names the keys)."""
+    assert tls_registry.ca_file is not None
+    monkeypatch.delenv(ENV_CA_FILE, raising=False)
+    folder = tmp_path / "registry-ca"
+    folder.mkdir()
+    monkeypatch.setenv(ENV_CA_DIR, str(folder))
+    reference = f"{tls_registry.host}/team/adapter:ca-dir"
+    # The right CA under another registry's key is not trusted for this one.
+    (folder / "10.0.0.5_5000.crt").write_bytes(tls_registry.ca_file.read_bytes())
+    with pytest.raises(RegistryTLSError) as failure:
+        push_adapter(adapter_dir, reference, tls_registry.dockerconfigjson, _annotations())
+    key = ca_keys(tls_registry.host)[0]
+    assert key in str(failure.value) and "CERTIFICATE_VERIFY_FAILED" in str(failure.value)
+    (folder / key).write_bytes(tls_registry.ca_file.read_bytes())
+    digest = push_adapter(adapter_dir, reference, tls_registry.dockerconfigjson, _annotations())
+    secret = tmp_path / "pull-secret.json"
+    secret.write_text(tls_registry.dockerconfigjson)
+    assert adapter_pull.main(["--reference", f"{tls_registry.host}/team/adapter@{digest}",
+                              "--dest", str(tmp_path / "served"), "--secret", str(secret)]) == 0
+    assert _same_files(sorted((tmp_path / "served").iterdir()), adapter_dir)
