@@ -440,10 +440,6 @@ class WorkspaceReconciler:
             return None
         source = self._informers.registry_ca.cache.get(
             f"{self._settings.operator_namespace}/{source_name}")
-        _, invalid = registry_ca_builders.bundle_keys(source)
-        if invalid:
-            log.warning("registry CA keys not in the <host>[_<port>].crt scheme ignored",
-                        extra={"configmap": source_name, "keys": invalid})
         copy = registry_ca_builders.build_registry_ca_copy(ws, source)
         if copy is None:
             return None

@@ -8,6 +8,7 @@ workspaces whose selector it matches.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,11 +34,13 @@ from controller.reconcile import Request
 from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import selector_matches
 from controller.workspace.reconciler import Informers, WorkspaceReconciler, WorkspaceSettings
-from controller.workspace.registry_ca import uses_registry
+from controller.workspace.registry_ca import bundle_keys, uses_registry
 from crds.karpenter import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
 from crds.meta import LabelSelector
 from crds.workspace import Workspace
 from presets.catalog import Catalog, load_catalog
+
+log = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "workspace"
 REPORTING_CONTROLLER = "kaito.sh/workspace-controller"
@@ -142,6 +145,11 @@ def setup_workspace_controller(
 
     def workspaces_using_a_registry(event: Event) -> list[Request]:
         """The source of the registry CAs changed: every copy may have to follow."""
+        _, invalid = bundle_keys(event.obj)
+        if invalid:  # said once per change of the source, not on every pass
+            log.warning("registry CA keys not in the <host>[_<port>].crt scheme ignored",
+                        extra={"configmap": (event.obj.get("metadata") or {}).get("name"),
+                               "keys": invalid})
         found: list[Request] = []
         for obj in informers.workspaces.cache.objects():
             try:
