@@ -258,6 +258,10 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
         self._tls_verify = client._tls_verify
         self.tokens: dict[tuple[str, str, str], str] = {}
         self.token_requests = 0  # how many times a token service was asked (for tests)
+        # Set once the registry asked for Basic: every later request carries it from the
+        # start. A blob PUT sent without it is refused before its body is read, and over
+        # TLS the server's close then surfaces as an SSL EOF instead of the 401.
+        self.sends_basic = False
         if credentials is not None:
             self.set_basic_auth(credentials.username, credentials.password)
 
@@ -281,6 +285,8 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
             if self.credentials is None or sent.startswith("Basic "):
                 return headers, False  # nothing (else) to offer: the caller sees the 401
             headers["Authorization"] = f"Basic {self._basic_auth}"
+            self.sends_basic = True
+            self.token = ""  # not None: oras' do_request then asks get_auth_header first
             return headers, True
         if scheme != "bearer" or "realm" not in params:
             return headers, False
@@ -292,6 +298,11 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
         self.token = token
         headers["Authorization"] = f"Bearer {token}"
         return headers, True
+
+    def get_auth_header(self) -> dict[str, str]:
+        if self.sends_basic:
+            return {"Authorization": f"Basic {self._basic_auth}"}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     def _fetch_token(self, realm: str, service: str, scope: str) -> str:
         query: list[tuple[str, str]] = [("service", service)] if service else []

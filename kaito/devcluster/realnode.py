@@ -46,6 +46,9 @@ CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "k
 LOCK_PATH = Path("/run/lock/kaito-real-node.lock")
 # What runs and where, so a node whose owner died (a killed test run) can be cleaned up.
 RECORD_PATH = Path("/run/lock/kaito-real-node.json")
+# The host before the node: beside the record, not in the node's folder, so it survives
+# whatever happens to that folder (a test runner's clean-up of old temporary folders).
+SNAPSHOT_PATH = Path("/run/lock/kaito-real-node-host.json")
 # Extra kube-proxy flags (e.g. `--v=4` to debug Services); the kubelet tier also uses it
 # to make a start fail half way, after the kubelet has changed the host.
 KUBE_PROXY_ARGS_ENV = "KAITO_REAL_NODE_KUBE_PROXY_ARGS"
@@ -209,7 +212,7 @@ class RealNodeHost:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.snapshot_path = workdir / "host-snapshot.json"
+        self.snapshot_path = SNAPSHOT_PATH
         self._lock: IO[str] | None = None
 
     def acquire(self) -> None:

@@ -14,8 +14,10 @@ there to be refused.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,14 +57,14 @@ class RealEnv:
 
 
 @pytest.fixture(scope="session")
-def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealEnv]:
+def real_env() -> Iterator[RealEnv]:
     if os.geteuid() != 0:
         pytest.fail("the real-node tier runs containerd, a kubelet and iptables: needs root")
     # A SIGTERM (a CI time-out) runs the teardown below like Ctrl-C would: the node's
     # host changes are undone rather than left behind.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     images = project_images()
-    workdir = tmp_path_factory.mktemp("real")
+    workdir = private_workdir("real")
     real = RealCluster(
         workdir / "cluster", find_binaries(), owner_pid=os.getpid(),
         sandbox_image=images.pods["pause"],
@@ -107,6 +109,14 @@ def real_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealEnv]:
             process.wait(timeout=30)
         real.stop()
         signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def private_workdir(name: str) -> Path:
+    """A folder for a real node outside pytest's temporary root: a later pytest run of
+    the same user (another tier, run meanwhile) prunes old numbered folders there, which
+    would take the node's state away under it."""
+    return Path(tempfile.mkdtemp(prefix=f"kaito-kubelet-{name}-", dir="/var/tmp"))
 
 
 def _folder(path: Path) -> Path:

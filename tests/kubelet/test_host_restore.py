@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from kaito.devcluster.host import (
 )
 from kaito.devcluster.images import local_registry, project_images
 from kaito.devcluster.realnode import GUARD_CHAIN, KUBE_PROXY_ARGS_ENV, RECORD_PATH
+from tests.kubelet.conftest import private_workdir
 
 pytestmark = pytest.mark.timeout(1800)
 NODE_PROCESSES = frozenset({"kubelet", "kube-proxy", "containerd", "containerd-shim"})
@@ -131,16 +133,18 @@ def _iptables(*args: str, check: bool = True) -> subprocess.CompletedProcess[str
 
 
 @pytest.fixture(scope="module")
-def dev_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def dev_dir() -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.fail("a real node needs root")
     if RECORD_PATH.exists():
         pytest.fail(f"a real node runs on this machine ({RECORD_PATH}): stop it first")
     # Built and pushed first, so the snapshots below see no image build's mounts.
     project_images()
-    directory = tmp_path_factory.mktemp("dev") / "cluster"
+    root = private_workdir("dev")
+    directory = root / "cluster"
     yield directory
     _kaito("dev", "down", "--dir", str(directory), check=False)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_up_and_down_leave_the_host_as_it_was_and_keep_others_rules(dev_dir: Path) -> None:
