@@ -166,6 +166,7 @@ class Registry:
     password: str
     dockerconfigjson: str
     ca_file: Path | None = None
+    log: Path | None = None  # the registry's access log
 
 
 def _run_registry(root: Path, host: str, sections: list[str],
@@ -289,7 +290,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
     ], context)
     try:
         yield Registry(host, user, password, dockerconfigjson_for(host, user, password),
-                       root / "ca.pem")
+                       root / "ca.pem", root / "registry.log")
     finally:
         _stop(process)
 
@@ -430,3 +431,20 @@ def test_a_registry_ca_folder_trusts_a_registry_with_its_own_bundle(
     assert adapter_pull.main(["--reference", f"{tls_registry.host}/team/adapter@{digest}",
                               "--dest", str(tmp_path / "served"), "--secret", str(secret)]) == 0
     assert _same_files(sorted((tmp_path / "served").iterdir()), adapter_dir)
+
+
+def test_a_basic_auth_push_asks_once_then_sends_the_credentials_up_front(
+    tmp_path: Path, tls_registry: Registry
+) -> None:
+    """A blob PUT sent without credentials is refused before its body is read; over TLS
+    the server's close then reads as an SSL EOF, not a 401 (a 10 MB adapter failed so in
+    a pod). After the ping's one challenge every request carries the credentials."""
+    assert tls_registry.ca_file is not None and tls_registry.log is not None
+    folder = tmp_path / "large"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(secrets.token_bytes(12 << 20))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    before = tls_registry.log.read_text().count('" 401 ')
+    push_adapter(folder, f"{tls_registry.host}/team/large:1", tls_registry.dockerconfigjson,
+                 _annotations(), ca_file=tls_registry.ca_file)
+    assert tls_registry.log.read_text().count('" 401 ') - before == 1  # the ping's
