@@ -284,18 +284,28 @@ def test_bad_inputs_fail_fast_with_a_condition_that_says_why(
     assert "CERTIFICATE_VERIFY_FAILED" in untrusted, untrusted
     assert ca_keys(real_env.untrusted_registry)[0] in untrusted, untrusted
     assert "not-the-password" not in json.dumps(messages)
-    # Fast: exit code 2 fails the Job at once: one pod ran and failed, none was retried
-    # (the Job's backoffLimit would allow more).
+    # Bad input (exit code 2) fails the Job at once by its pod failure policy: one pod ran
+    # and failed, none was retried although backoffLimit allows more. An unreachable URL
+    # is a download failure, which may be transient (exit code 3): its pods are retried
+    # up to backoffLimit, and then the Job fails.
     for name in cases:
         job = json.loads(real_env.kubectl("get", "job", name, "-n", namespace, "-o",
                                           "json").stdout)
-        assert job["spec"]["backoffLimit"] >= 1, job["spec"]
-        assert (job["status"].get("failed"), job["status"].get("succeeded")) == (1, None), \
-            (name, job["status"])
+        backoff_limit = job["spec"]["backoffLimit"]
+        assert backoff_limit >= 1, job["spec"]
+        is_transient = name == "bad-url"
+        expected_pods = backoff_limit + 1 if is_transient else 1
+        failed_reason = [c["reason"] for c in job["status"].get("conditions") or []
+                         if c["type"] == "Failed" and c["status"] == "True"]
+        assert failed_reason == ["BackoffLimitExceeded" if is_transient
+                                 else "PodFailurePolicy"], (name, job["status"])
+        assert (job["status"].get("failed"), job["status"].get("succeeded")) == (
+            expected_pods, None), (name, job["status"])
         pods = json.loads(real_env.kubectl(
             "get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={name}",
             "-o", "json").stdout)["items"]
-        assert [p["status"]["phase"] for p in pods] == ["Failed"], (name, len(pods))
+        assert [p["status"]["phase"] for p in pods] == ["Failed"] * expected_pods, \
+            (name, [p["status"]["phase"] for p in pods])
     for name in cases:
         real_env.kubectl("delete", "workspace", name, "-n", namespace, "--wait=false")
 
