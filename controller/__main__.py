@@ -122,6 +122,7 @@ def setup_production(manager: Manager, settings: ControllerSettings) -> Closer |
             hf_configs=HfConfigSource(options.hf_config_dirs, options.hf_endpoint),
             claim_retry=ClaimRetry(base_seconds=options.claim_retry_base_seconds,
                                    max_seconds=options.claim_retry_max_seconds),
+            registry_ca_config_map=options.registry_ca_config_map,
         ),
     )
     return reconciler.close

@@ -74,6 +74,7 @@ class Informer:
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        # e.g. metadata.name=X: one object, which RBAC can grant by resourceNames.
         self.field_selector = field_selector
         self.cache = Cache(indexers)
         self._client = client
@@ -219,6 +220,7 @@ class Informer:
                 self.resource, self.namespace,
                 resource_version=self._resource_version or "0",
                 label_selector=self.label_selector,
+                field_selector=self.field_selector,
                 timeout_seconds=timeout_seconds,
                 **self._field_selector_arg(),
                 read_timeout_seconds=self._read_timeout_seconds,

@@ -95,6 +95,10 @@ class WorkspaceControllerSettings(BaseModel):
         if self.claim_retry_max_seconds < self.claim_retry_base_seconds:
             raise ValueError("claim_retry_max_seconds must be at least claim_retry_base_seconds")
         return self
+    # A ConfigMap in operator_namespace of PEM bundles, one per private-CA registry (keys
+    # `<host>.crt` for port 443, `<host>_<port>.crt` otherwise: crds/registry_ca.py); the
+    # pods that push or pull adapters trust it for that registry. Unset: system roots only.
+    registry_ca_config_map: str | None = None
 
     @field_validator("fetch_allow_cidrs", "plain_http_registries", "hf_config_dirs",
                      mode="before")

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job (`make demo`): on a fresh machine, builds what it needs, then runs
 # `kaito demo` (local cluster, CRDs, webhook, the seed Workspace, a /chat answer from the
-# inference runtime). `make demo-down` (this script with `down`) stops the cluster.
+# inference runtime). `make demo-down` (this script with `down`) stops the cluster, puts
+# back what the real node changed on the host, and stops the image registry on
+# 127.0.0.1:5001 when `make demo` started it (one already running is left alone).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

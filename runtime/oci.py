@@ -5,7 +5,9 @@ client moves the blobs and manifests; ``RegistryAuth`` answers the registry's ch
 either way registries ask: ``Basic`` (htpasswd) or ``Bearer`` (ACR, GHCR, Docker Hub,
 Harbor: a token from the challenge's realm, got with the same user and password, kept per
 scope). HTTPS is verified against the system CAs or, for a private CA, the PEM bundle
-named by ``KAITO_REGISTRY_CA_FILE`` (or ``--ca-file``); plain HTTP only for
+named by ``KAITO_REGISTRY_CA_FILE`` (or ``--ca-file``), or the registry's own bundle in
+the folder ``KAITO_REGISTRY_CA_DIR`` (the operator's registry CA ConfigMap, mounted;
+crds/registry_ca.py names its keys), trusted with the system roots; plain HTTP only for
 ``KAITO_REGISTRY_INSECURE=true`` or a loopback registry that does not speak TLS. Before
 any upload a ping of ``/v2/`` through that flow turns a refused password, an untrusted
 certificate or an unreachable registry into one clear error instead of oras' generic one
@@ -27,6 +29,7 @@ import re
 import socket
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ import requests
 from oras.auth import AuthenticationException, TokenAuth
 
 from crds.logs import configure_logging
+from crds.registry_ca import ENV_CA_DIR, ca_keys
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +196,38 @@ def _ca_file(ca_file: Path | None) -> Path | None:
     return ca_file
 
 
+def _registry_bundle(host: str) -> Path | None:
+    """The registry's own CA from the folder KAITO_REGISTRY_CA_DIR, joined to the system
+    roots (requests verifies with one bundle); None when the folder has none for it."""
+    directory = os.environ.get(ENV_CA_DIR)
+    if not directory:
+        return None
+    try:
+        keys = ca_keys(host)
+    except ValueError:
+        return None
+    for key in keys:
+        path = Path(directory) / key
+        if path.is_file():
+            return _with_system_roots(path)
+    return None
+
+
+def _with_system_roots(ca: Path) -> Path:
+    """A PEM file of the roots requests trusts by default followed by ``ca``, written once
+    per content under the temporary folder (pods have a writable /tmp)."""
+    from requests.utils import DEFAULT_CA_BUNDLE_PATH
+
+    pem = Path(DEFAULT_CA_BUNDLE_PATH).read_bytes().rstrip() + b"\n" + ca.read_bytes()
+    digest = hashlib.sha256(pem).hexdigest()[:16]
+    bundle = Path(tempfile.gettempdir()) / f"kaito-registry-ca-{digest}.pem"
+    if not bundle.is_file():
+        staging = bundle.with_suffix(f".{os.getpid()}.tmp")
+        staging.write_bytes(pem)
+        staging.replace(bundle)
+    return bundle
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="...",service="...",scope="..."`` as ("bearer", {realm: ...})."""
     scheme, _, rest = header.strip().partition(" ")
@@ -222,6 +258,10 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
         self._tls_verify = client._tls_verify
         self.tokens: dict[tuple[str, str, str], str] = {}
         self.token_requests = 0  # how many times a token service was asked (for tests)
+        # Set once the registry asked for Basic: every later request carries it from the
+        # start. A blob PUT sent without it is refused before its body is read, and over
+        # TLS the server's close then surfaces as an SSL EOF instead of the 401.
+        self.sends_basic = False
         if credentials is not None:
             self.set_basic_auth(credentials.username, credentials.password)
 
@@ -245,6 +285,8 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
             if self.credentials is None or sent.startswith("Basic "):
                 return headers, False  # nothing (else) to offer: the caller sees the 401
             headers["Authorization"] = f"Basic {self._basic_auth}"
+            self.sends_basic = True
+            self.token = ""  # not None: oras' do_request then asks get_auth_header first
             return headers, True
         if scheme != "bearer" or "realm" not in params:
             return headers, False
@@ -257,6 +299,11 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
         headers["Authorization"] = f"Bearer {token}"
         return headers, True
 
+    def get_auth_header(self) -> dict[str, str]:
+        if self.sends_basic:
+            return {"Authorization": f"Basic {self._basic_auth}"}
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def _fetch_token(self, realm: str, service: str, scope: str) -> str:
         query: list[tuple[str, str]] = [("service", service)] if service else []
         query += [("scope", item) for item in scope.split()]
@@ -266,7 +313,7 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
             response = self.session.get(realm, params=query, auth=auth, verify=self._tls_verify,
                                         timeout=_PING_TIMEOUT_SECONDS)
         except requests.exceptions.SSLError as err:
-            raise _untrusted(realm, err) from err
+            raise _untrusted(realm, err, self.host) from err
         except requests.RequestException as err:
             raise RegistryError(f"cannot reach the token service {realm} of {self.host}: {err}")
         if response.status_code in (401, 403):
@@ -286,10 +333,16 @@ class RegistryAuth(TokenAuth):  # type: ignore[misc]  # oras ships no type hints
         return token
 
 
-def _untrusted(where: str, err: Exception) -> RegistryTLSError:
+def _untrusted(where: str, err: Exception, host: str | None = None) -> RegistryTLSError:
+    try:
+        key = ca_keys(host)[0] if host else "<host>_<port>.crt"
+    except ValueError:
+        key = "<host>_<port>.crt"
     return RegistryTLSError(
-        f"TLS verification of {where} failed ({err.__class__.__name__}): if the registry "
-        f"uses a private CA, give its certificate (PEM) in {ENV_CA_FILE}"
+        f"TLS verification of {where} failed ({err.__class__.__name__}: {err}): if the "
+        f"registry uses a private CA, give its certificate (PEM) to the operator as key "
+        f"{key} of its registry CA ConfigMap (KAITO_WORKSPACE__REGISTRY_CA_CONFIG_MAP), "
+        f"or in {ENV_CA_FILE}"
     )
 
 
@@ -304,7 +357,8 @@ def _client(host: str, credentials: Credentials | None, ca_file: Path | None = N
         insecure = True
     else:
         insecure = _is_loopback(host) and not _speaks_tls(host)
-    verify: bool | str = str(ca) if ca is not None else True
+    bundle = ca if ca is not None else _registry_bundle(host)
+    verify: bool | str = str(bundle) if bundle is not None else True
     client = oras.provider.Registry(hostname=host, insecure=insecure, tls_verify=verify)
     client.auth = RegistryAuth(host, credentials, client)
     return client
@@ -317,7 +371,7 @@ def _ping(client: Any, host: str) -> None:
     try:
         response = client.do_request(url, "GET")
     except requests.exceptions.SSLError as err:
-        raise _untrusted(f"registry {host}", err) from err
+        raise _untrusted(f"registry {host}", err, host) from err
     except requests.RequestException as err:
         raise RegistryError(f"cannot reach registry {host}: {err}") from err
     except ValueError:  # oras: a challenge nobody could answer (no credentials given)

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from controller.workspace.registry_ca import mount_registry_ca
 from controller.workspace.workload import (
     MODEL_DIR,
     JsonDict,
@@ -195,9 +196,12 @@ def build_inference_workload(
     revision: str,
     replicas: int,
     adapters: list[AdapterMount],
+    registry_ca: str | None = None,
 ) -> JsonDict:
     """A Deployment of ``replicas`` pods, each serving ``preset`` on a node of its own with
-    all of that node's GPUs (``sku``'s count; none asked for when the SKU is unknown)."""
+    all of that node's GPUs (``sku``'s count; none asked for when the SKU is unknown).
+    ``registry_ca``: the workspace's copy of the registry CA ConfigMap, mounted in the
+    adapter pull init containers."""
     if replicas < 1:
         raise ValueError("replicas must be at least 1")
     name = workload_name(ws)
@@ -247,6 +251,8 @@ def build_inference_workload(
     pod_spec["volumes"] = volumes
     if init_containers:
         pod_spec["initContainers"] = init_containers
+    if registry_ca and adapter_inits:
+        mount_registry_ca(pod_spec, adapter_inits, registry_ca)
     labels = component_labels(ws, COMPONENT)
     if replicas > 1:
         # One replica per node even where no GPU limit keeps them apart (unknown SKU).

@@ -39,6 +39,7 @@ from controller.kube.resources import (
 from controller.objects import ObjectWriter, annotation, with_hash
 from controller.reconcile import Request, Result
 from controller.workspace import inference as inference_builders
+from controller.workspace import registry_ca as registry_ca_builders
 from controller.workspace import tuning as tuning_builders
 from controller.workspace.capacity import (
     NODE_NAME_INDEX,
@@ -117,6 +118,8 @@ class WorkspaceSettings:
     hf_configs: HfConfigSource | None = None  # config.json of best-effort presets
     # Waits between attempts at a NodeClaim the provider refused (doubling, capped).
     claim_retry: ClaimRetry = field(default_factory=ClaimRetry)
+    # The ConfigMap of registry CA bundles in operator_namespace (None: no private CAs).
+    registry_ca_config_map: str | None = None
 
 
 @dataclass
@@ -134,6 +137,7 @@ class Informers:
     configmaps: Informer
     revisions: Informer
     bound_pods: Informer  # every bound, running pod, projected (GPU accounting)
+    registry_ca: Informer | None = None  # the one source ConfigMap of registry CAs
 
 
 @dataclass(frozen=True)
@@ -342,19 +346,21 @@ class WorkspaceReconciler:
         plan = nodes.plan
         observed = Observed(nodes=plan, is_tuning=ws.tuning is not None,
                             serves_after_tuning=nodes.serves_after_tuning, now=time.time())
+        registry_ca = await self._ensure_registry_ca(ws)
         if observed.is_tuning:
             observed.job, observed.config_problem = await self._ensure_job(
-                ws, obj, model.preset, nodes.sku, revision, may_create=plan.is_ready)
+                ws, obj, model.preset, nodes.sku, revision, may_create=plan.is_ready,
+                registry_ca=registry_ca)
             observed.job_pods = self._pods(namespace, {JOB_NAME_LABEL: name})
             succeeded = bool(observed.job and (observed.job.get("status") or {}).get("succeeded"))
             if succeeded and observed.serves_after_tuning and plan.is_ready:
                 adapter = inference_builders.tuned_adapter(ws)
                 observed.workload = await self._ensure_inference(
-                    ws, model.preset, nodes.sku, revision, 1, [adapter])
+                    ws, model.preset, nodes.sku, revision, 1, [adapter], registry_ca)
         elif plan.is_ready:
             observed.workload = await self._ensure_inference(
                 ws, model.preset, nodes.sku, revision, nodes.target,
-                inference_builders.adapters_for(ws))
+                inference_builders.adapters_for(ws), registry_ca)
         else:
             observed.workload = self._existing_workload(ws)
         if observed.workload is not None:
@@ -407,7 +413,7 @@ class WorkspaceReconciler:
 
     async def _ensure_job(
         self, ws: Workspace, obj: KubeObject, preset: Any, sku: Any, revision: str, *,
-        may_create: bool,
+        may_create: bool, registry_ca: str | None = None,
     ) -> tuple[KubeObject | None, str | None]:
         """The tuning Job (made when the nodes are ready), and why the default config
         cannot be used when the operator's template no longer parses."""
@@ -437,7 +443,7 @@ class WorkspaceReconciler:
             await self._objects.ensure(CONFIGMAPS, config_map, self._informers.configmaps)
         job = tuning_builders.build_tuning_job(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
-            config_map_name=config_name)
+            config_map_name=config_name, registry_ca=registry_ca)
         created = await self._objects.create(JOBS, with_hash(job))
         await self._recorder.record(obj, NORMAL, "TuningJobCreated",
                                     f"Job {name} created", action="Tune")
@@ -477,14 +483,14 @@ class WorkspaceReconciler:
 
     async def _ensure_inference(
         self, ws: Workspace, preset: Any, sku: Any, revision: str, replicas: int,
-        adapters: list[Any],
+        adapters: list[Any], registry_ca: str | None = None,
     ) -> KubeObject | None:
         await self._delete_legacy_multinode(ws)
         await self._objects.ensure(SERVICES, inference_builders.build_service(ws),
                            self._informers.services)
         workload = inference_builders.build_inference_workload(
             ws, preset, sku, settings=self._settings.workload, revision=revision,
-            replicas=replicas, adapters=adapters)
+            replicas=replicas, adapters=adapters, registry_ca=registry_ca)
         return await self._objects.ensure(DEPLOYMENTS, workload, self._informers.deployments)
 
     async def _delete_legacy_multinode(self, ws: Workspace) -> None:
@@ -500,6 +506,22 @@ class WorkspaceReconciler:
             if current is not None and not (current.get("metadata") or {}).get(
                     "deletionTimestamp"):
                 await self._objects.delete(resource, child, namespace)
+
+    async def _ensure_registry_ca(self, ws: Workspace) -> str | None:
+        """The workspace's copy of the operator's registry CA ConfigMap, written when it
+        differs from the source's bundles; its name, or None when there is nothing to
+        mount (no setting, no bundles, or no registry used by this workspace)."""
+        source_name = self._settings.registry_ca_config_map
+        if not source_name or self._informers.registry_ca is None or not (
+                registry_ca_builders.uses_registry(ws)):
+            return None
+        source = self._informers.registry_ca.cache.get(
+            f"{self._settings.operator_namespace}/{source_name}")
+        copy = registry_ca_builders.build_registry_ca_copy(ws, source)
+        if copy is None:
+            return None
+        await self._objects.ensure(CONFIGMAPS, copy, self._informers.configmaps)
+        return str(copy["metadata"]["name"])
 
     def _tuned(self, namespace: str, name: str, revision: str) -> bool:
         """Whether this revision's tuning Job has succeeded."""

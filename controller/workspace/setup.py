@@ -12,6 +12,7 @@ there: those waiting for nodes, and those with a pod not scheduled yet.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,10 +46,13 @@ from controller.workspace.capacity import (
 from controller.workspace.metrics import WorkspaceMetrics
 from controller.workspace.nodes import is_made_for_another, selector_matches
 from controller.workspace.reconciler import Informers, WorkspaceReconciler, WorkspaceSettings
+from controller.workspace.registry_ca import bundle_keys, uses_registry
 from crds.karpenter import WORKSPACE_LABEL, WORKSPACE_NAMESPACE_LABEL
 from crds.meta import LabelSelector
-from crds.workspace import CONDITION_RESOURCE_READY
+from crds.workspace import CONDITION_RESOURCE_READY, Workspace
 from presets.catalog import Catalog, load_catalog
+
+log = logging.getLogger(__name__)
 
 CONTROLLER_NAME = "workspace"
 UNBOUND_INDEX = "unbound"  # the workspace pods not scheduled yet
@@ -130,6 +134,11 @@ def setup_workspace_controller(
     )
     informers.bound_pods.cache.add_indexer(NODE_NAME_INDEX, index_by_node_name)
     informers.pods.cache.add_indexer(UNBOUND_INDEX, _index_unbound)
+    if settings is not None and settings.registry_ca_config_map:
+        # The one source ConfigMap (RBAC may grant it by name: a field selector on it).
+        informers.registry_ca = manager.informer(
+            CONFIGMAPS, settings.operator_namespace,
+            field_selector=f"metadata.name={settings.registry_ca_config_map}")
     metrics = WorkspaceMetrics(manager.metrics.registry, informers.workspaces.cache.objects)
     recorder = EventRecorder(manager.client, REPORTING_CONTROLLER, identity)
     manager.add_closer(recorder.close)
@@ -195,5 +204,24 @@ def setup_workspace_controller(
         return found
 
     controller.watch(informers.bound_pods, workspaces_for_gpu_pod)
+    def workspaces_using_a_registry(event: Event) -> list[Request]:
+        """The source of the registry CAs changed: every copy may have to follow."""
+        _, invalid = bundle_keys(event.obj)
+        if invalid:  # said once per change of the source, not on every pass
+            log.warning("registry CA keys not in the <host>[_<port>].crt scheme ignored",
+                        extra={"configmap": (event.obj.get("metadata") or {}).get("name"),
+                               "keys": invalid})
+        found: list[Request] = []
+        for obj in informers.workspaces.cache.objects():
+            try:
+                ws = Workspace.model_validate(obj)
+            except ValueError:
+                continue
+            if uses_registry(ws) and ws.metadata.name and ws.metadata.namespace:
+                found.append(Request(name=ws.metadata.name, namespace=ws.metadata.namespace))
+        return found
+
+    if informers.registry_ca is not None:
+        controller.watch(informers.registry_ca, workspaces_using_a_registry)
     manager.add_controller(controller)
     return controller, reconciler

@@ -10,6 +10,7 @@ to ``backoffLimit``.
 
 from __future__ import annotations
 
+from controller.workspace.registry_ca import mount_registry_ca
 from controller.workspace.workload import (
     MODEL_DIR,
     JsonDict,
@@ -90,8 +91,10 @@ def build_tuning_job(
     settings: WorkloadSettings,
     revision: str,
     config_map_name: str,
+    registry_ca: str | None = None,
 ) -> JsonDict:
-    """The batch/v1 Job that tunes ``preset`` on the workspace's data."""
+    """The batch/v1 Job that tunes ``preset`` on the workspace's data. ``registry_ca``:
+    the workspace's copy of the registry CA ConfigMap, mounted where the adapter is pushed."""
     tuning = _tuning_spec(ws)
     volumes, init_containers, pull_secrets = _data_sources(ws, settings)
     volumes += scratch_volumes()
@@ -163,6 +166,8 @@ def build_tuning_job(
     })
     if not init_containers:
         del pod_spec["initContainers"]
+    if registry_ca and output is not None and output.image:
+        mount_registry_ca(pod_spec, [tuner], registry_ca)
     secrets = image_pull_secret_refs(pull_secrets)
     if secrets:
         pod_spec["imagePullSecrets"] = secrets

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from kaito.devcluster.cluster import LocalCluster, find_binaries
-from kaito.devcluster.images import ProjectImages, project_images
+from kaito.devcluster.images import ProjectImages, project_images, stop_registry
 from kaito.devcluster.realnode import RealCluster, tear_down_recorded_node
 
 DEFAULT_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kaito-dev"
@@ -84,6 +84,11 @@ def ensure_up(
     started = time.monotonic()
     node_state: dict[str, object] = {}
     if real_node:
+        images = images or project_images()
+        if images.started_registry:
+            # Recorded before the node starts: a failed start is undone by `down` too.
+            directory.mkdir(parents=True, exist_ok=True)
+            _state_path(directory).write_text(json.dumps({"started_registry": True}))
         real = start_real_cluster(directory / "real", instance_type=instance_type,
                                   images=images)
         cluster = real.cluster
@@ -101,6 +106,7 @@ def ensure_up(
         "logs": str(cluster.log_dir),
         "pids": cluster.pids(),
         "started_seconds": round(time.monotonic() - started, 1),
+        "started_registry": bool(images and images.started_registry),
         **node_state,
     }
     _state_path(directory).write_text(json.dumps(state, indent=2))
@@ -166,6 +172,9 @@ def _stop(directory: Path) -> int:
     for pid in pids.values():
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+    if state and state.get("started_registry"):
+        stop_registry()  # `up` started the image registry: it goes too
+        print("restored: image registry stopped")
     shutil.rmtree(directory, ignore_errors=True)
     return len(pids)
 

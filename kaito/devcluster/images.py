@@ -11,7 +11,10 @@ docker.io is the same local registry, so nothing is fetched from outside).
 
 from __future__ import annotations
 
+import os
 import subprocess
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +42,8 @@ def parse_refs(text: str) -> dict[str, str]:
 class ProjectImages:
     registry: str  # host:port of the local image registry
     refs: dict[str, str]  # role (operator, runtime, pause, curl) -> registry reference
+    # Whether this call started the registry (then whoever asked stops it when done).
+    started_registry: bool = False
 
     @property
     def pods(self) -> dict[str, str]:
@@ -59,9 +64,31 @@ def _script(*args: str, timeout: float = 3600) -> str:
     return result.stdout
 
 
+def local_registry() -> str:
+    """host:port of hack/images.sh's registry (KAITO_IMAGES_PORT, as the script reads it)."""
+    return f"127.0.0.1:{os.environ.get('KAITO_IMAGES_PORT') or 5001}"
+
+
+def registry_answers(host: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{host}/v2/", timeout=2):
+            return True
+    except urllib.error.HTTPError:
+        return True  # it answered (401 with auth)
+    except OSError:
+        return False
+
+
 def project_images() -> ProjectImages:
     """Builds what changed, starts the registry if needed, pushes, returns the refs."""
     _script("build")
+    was_running = registry_answers(local_registry())
     registry = _script("serve-registry").strip().splitlines()[-1]
     _script("push", registry)
-    return ProjectImages(registry=registry, refs=parse_refs(_script("refs")))
+    return ProjectImages(registry=registry, refs=parse_refs(_script("refs")),
+                         started_registry=not was_running)
+
+
+def stop_registry() -> None:
+    """Stops the registry hack/images.sh serve-registry started."""
+    _script("stop-registry", timeout=60)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shlex
 import signal
 import subprocess
 import time
@@ -45,6 +46,12 @@ CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "k
 LOCK_PATH = Path("/run/lock/kaito-real-node.lock")
 # What runs and where, so a node whose owner died (a killed test run) can be cleaned up.
 RECORD_PATH = Path("/run/lock/kaito-real-node.json")
+# The host before the node: beside the record, not in the node's folder, so it survives
+# whatever happens to that folder (a test runner's clean-up of old temporary folders).
+SNAPSHOT_PATH = Path("/run/lock/kaito-real-node-host.json")
+# Extra kube-proxy flags (e.g. `--v=4` to debug Services); the kubelet tier also uses it
+# to make a start fail half way, after the kubelet has changed the host.
+KUBE_PROXY_ARGS_ENV = "KAITO_REAL_NODE_KUBE_PROXY_ARGS"
 
 
 class RealNodeError(RuntimeError):
@@ -205,10 +212,12 @@ class RealNodeHost:
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.snapshot_path = workdir / "host-snapshot.json"
+        self.snapshot_path = SNAPSHOT_PATH
         self._lock: IO[str] | None = None
 
-    def prepare(self) -> None:
+    def acquire(self) -> None:
+        """Takes the one-node-per-machine lock and clears a node whose owner died; changes
+        nothing of its own, so a failure here leaves nothing to restore."""
         if os.geteuid() != 0:
             raise RealNodeError("a real node needs root (kubelet, containerd, iptables)")
         LOCK_PATH.parent.mkdir(parents=True, exist_ok=True)
@@ -221,27 +230,44 @@ class RealNodeHost:
                 f"another real node runs on this machine ({LOCK_PATH} is held); "
                 "stop it first (`kaito dev down`)") from None
         self._lock = lock
-        if Path(f"/sys/class/net/{BRIDGE}").exists() or RECORD_PATH.exists():
-            tear_down_recorded_node()
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            raise RealNodeError(
-                f"the bridge {BRIDGE} exists but no real node recorded it: remove it "
-                f"(`ip link delete {BRIDGE}`) if nothing else uses it")
+        try:
+            if Path(f"/sys/class/net/{BRIDGE}").exists() or RECORD_PATH.exists():
+                tear_down_recorded_node()
+            if Path(f"/sys/class/net/{BRIDGE}").exists():
+                raise RealNodeError(
+                    f"the bridge {BRIDGE} exists but no real node recorded it: remove it "
+                    f"(`ip link delete {BRIDGE}`) if nothing else uses it")
+        except BaseException:
+            self.release()
+            raise
+
+    @property
+    def is_held(self) -> bool:
+        return self._lock is not None
+
+    def take_snapshot(self) -> None:
+        """Records the host before anything changes (restore() undoes what differs)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         HostSnapshot.take().save(self.snapshot_path)
+
+    def prepare(self) -> None:
+        """The bridge and the guard chain; after take_snapshot, so restore() undoes them."""
         _run(["ip", "link", "add", BRIDGE, "type", "bridge"])
         _run(["ip", "addr", "add", f"{BRIDGE_ADDRESS}/24", "dev", BRIDGE])
         _run(["ip", "link", "set", BRIDGE, "up"])
         for rule in guard_rules():
             _run(rule)
 
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
     def restore(self, node_dirs: tuple[Path, ...]) -> list[str]:
         snapshot = HostSnapshot.load(self.snapshot_path)
         done = snapshot.restore(node_dirs=node_dirs) if snapshot else []
         self.snapshot_path.unlink(missing_ok=True)
-        if self._lock is not None:
-            self._lock.close()
-            self._lock = None
+        self.release()
         return done
 
 
@@ -417,7 +443,8 @@ class RealNode:
             kubeconfig=kubeconfig, node_name=self.node_name, healthz_port=healthz,
             metrics_port=free_port())))
         process = self._process("kube-proxy", [
-            str(self.cluster.bin_dir / "kube-proxy"), f"--config={config_path}", "--v=1"])
+            str(self.cluster.bin_dir / "kube-proxy"), f"--config={config_path}", "--v=1",
+            *shlex.split(os.environ.get(KUBE_PROXY_ARGS_ENV, ""))])
 
         def synced() -> bool:
             result = _run(["iptables", "-w", "-t", "nat", "-S", "KUBE-SERVICES"],
@@ -430,7 +457,7 @@ class RealNode:
         """Stops the node's processes and containers; returns what it cleaned."""
         done = stop_node_processes(
             {name: p.pid for name, p in self.processes.items() if p.pid},
-            socket=self.socket, kube_proxy=self.cluster.bin_dir / "kube-proxy")
+            socket=self.socket)
         for process in self.processes.values():
             process.stop()  # reaps the children stopped above
         return done
@@ -480,9 +507,8 @@ def _shim_pids(socket: Path) -> list[int]:
     return pids
 
 
-def stop_node_processes(pids: dict[str, int], *, socket: Path, kube_proxy: Path
-                        ) -> list[str]:
-    """kubelet first (no restarts), then every container, kube-proxy's rules, containerd.
+def stop_node_processes(pids: dict[str, int], *, socket: Path) -> list[str]:
+    """kubelet first (no restarts), then every container, then containerd.
 
     Works from recorded pids alone, so `kaito dev down` in another process can call it.
     """
@@ -490,9 +516,8 @@ def stop_node_processes(pids: dict[str, int], *, socket: Path, kube_proxy: Path
     for name in ("kubelet", "kube-proxy"):
         if name in pids:
             _terminate([pids[name]])
-    if "kube-proxy" in pids and kube_proxy.exists():
-        _run([str(kube_proxy), "--cleanup"], check=False)
-        done.append("kube-proxy rules cleaned")
+    # kube-proxy's rules go with the host restore (only the ones it added this time):
+    # `kube-proxy --cleanup` would also delete KUBE- chains that were there before.
     if socket.exists():
         ctr = ["ctr", "--address", str(socket), "-n", "k8s.io"]
         tasks = _run([*ctr, "tasks", "list", "-q"], check=False).stdout.split()
@@ -533,9 +558,11 @@ class RealCluster:
         self.node = RealNode(self.cluster, workdir / "node", **node_options)
 
     def start(self) -> None:
-        self.host.prepare()
+        self.host.acquire()
         try:
-            self._record()
+            self.host.take_snapshot()
+            self._record()  # before the first change: a killed start is found and undone
+            self.host.prepare()
             self.cluster.start()
             self._record()
             self.node.start()
@@ -551,12 +578,13 @@ class RealCluster:
             "control_plane_pids": self.cluster.pids(),
             "node_pids": self.node.pids(),
             "socket": str(self.node.socket),
-            "kube_proxy": str(self.cluster.bin_dir / "kube-proxy"),
             "node_dirs": [str(d) for d in self.node.node_dirs],
         }
         RECORD_PATH.write_text(json.dumps(record, indent=1))
 
     def stop(self) -> list[str]:
+        if not self.host.is_held:  # never started, or stopped: the record is not ours
+            return []
         done = self.node.stop()
         self.cluster.stop()
         done += self.host.restore(self.node.node_dirs)
@@ -587,8 +615,7 @@ def tear_down_recorded_node(record_path: Path = RECORD_PATH, *, force: bool = Fa
     if alive and not force and (owner is None or _alive(int(owner))):
         raise RealNodeError(f"a real node runs on this machine ({', '.join(sorted(alive))}); "
                             "stop it first (`kaito dev down`)")
-    done = stop_node_processes(node_pids, socket=Path(record["socket"]),
-                               kube_proxy=Path(record["kube_proxy"]))
+    done = stop_node_processes(node_pids, socket=Path(record["socket"]))
     _terminate(list(plane_pids.values()))
     host = RealNodeHost(Path(record["workdir"]))
     done += host.restore(tuple(Path(d) for d in record.get("node_dirs", [])))

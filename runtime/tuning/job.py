@@ -157,13 +157,16 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
     )
 
     if request.push_reference:  # still the "validating" phase: the output is an input too
-        from runtime.oci import RegistryAuthError, check_push_access
+        from runtime.oci import RegistryAuthError, RegistryTLSError, check_push_access
 
         try:
             check_push_access(request.push_reference, request.push_secret)
         except RegistryAuthError as err:
             # Bad input like bad data: the same secret would be refused on every retry.
             raise ConfigError(f"the registry refused the push credentials: {err}") from err
+        except RegistryTLSError as err:
+            # Likewise an untrusted certificate: a retry has the same CAs.
+            raise ConfigError(f"the registry's certificate is not trusted: {err}") from err
 
     progress.set_phase("loading")
     loaded = load_for_training(model_path, config)

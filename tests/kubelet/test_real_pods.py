@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import time
 import urllib.request
 import uuid
@@ -21,6 +22,7 @@ from typing import Any
 import openai
 import pytest
 
+from crds.registry_ca import ca_keys
 from kaito.devcluster.services import REGISTRY_USER, dockerconfigjson
 from kaito.phrase import PHRASE, phrase_rows, phrase_training_config
 from tests.kubelet.conftest import NODE_LABELS, RealEnv
@@ -117,6 +119,7 @@ def namespace(real_env: RealEnv) -> Iterator[str]:
     real_env.apply([
         _secret("push-secret", real_env.registry, real_env.registry_password),
         _secret("wrong-secret", real_env.registry, "not-the-password"),
+        _secret("untrusted-secret", real_env.untrusted_registry, real_env.registry_password),
         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "phrase-config"},
          "data": {"training_config.yaml": json.dumps(phrase_training_config())}},
     ], name)
@@ -147,11 +150,15 @@ def tuned(real_env: RealEnv, namespace: str) -> dict[str, Any]:
     started = time.monotonic()
     succeeded_ws = _wait_for("WorkspaceSucceeded", succeeded, describe=_debug(real_env, namespace))
     tuned_seconds = time.monotonic() - started
-    ready_ws = _wait_for("WorkspaceReady (serving the adapter)", lambda: (
-        ws if _condition(ws := _workspace(real_env, namespace, "tune-phrase"),
-                         "WorkspaceReady") and _condition(ws, "WorkspaceReady")["status"]
-        == "True" else None), describe=_debug(real_env, namespace))
+    def ready() -> dict[str, Any] | None:
+        ws = _workspace(real_env, namespace, "tune-phrase")
+        condition = _condition(ws, "WorkspaceReady")
+        return ws if condition and condition["status"] == "True" else None
+
+    ready_ws = _wait_for("WorkspaceReady (serving the adapter)", ready,
+                         describe=_debug(real_env, namespace))
     return {"image": image, "progress": seen_progress, "succeeded": succeeded_ws,
+            "namespace": namespace,
             "ready": ready_ws, "tuned_seconds": tuned_seconds,
             "ready_seconds": time.monotonic() - started}
 
@@ -175,12 +182,19 @@ def test_tuning_runs_in_a_real_pod_and_reports_progress(
 
 
 def test_the_adapter_is_in_the_registry(real_env: RealEnv, tuned: dict[str, Any]) -> None:
+    """Pushed over HTTPS to a registry of a private CA: the operator's registry CA
+    ConfigMap reached the tuning pod (and the serving pods' pulls: they are Ready)."""
     request = urllib.request.Request(
-        f"http://{real_env.registry}/v2/adapters/phrase/tags/list",
+        f"https://{real_env.registry}/v2/adapters/phrase/tags/list",
         headers={"Authorization": "Basic " + base64.b64encode(
             f"{REGISTRY_USER}:{real_env.registry_password}".encode()).decode()})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    context = ssl.create_default_context(cafile=str(real_env.registry_ca))
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
         assert json.load(response)["tags"] == ["1"]
+    copy = json.loads(real_env.kubectl("get", "configmap", "tune-phrase-registry-ca", "-n",
+                                       namespace_of(tuned), "-o", "json").stdout)
+    assert list(copy["data"]) == [ca_keys(real_env.registry)[0]]
+    assert copy["metadata"]["ownerReferences"][0]["name"] == "tune-phrase"
 
 
 def test_the_service_answers_chat_with_the_tuned_adapter(
@@ -227,6 +241,10 @@ def test_an_inference_workspace_serves_the_adapter_by_name_over_openai(
     real_env.kubectl("delete", "workspace", "serve-phrase", "-n", namespace)
 
 
+def namespace_of(tuned: dict[str, Any]) -> str:
+    return str(tuned["namespace"])
+
+
 def _wait_failed(env: RealEnv, namespace: str, name: str) -> dict[str, Any]:
     def failed() -> dict[str, Any] | None:
         condition = _condition(_workspace(env, namespace, name), "WorkspaceSucceeded")
@@ -253,18 +271,45 @@ def test_bad_inputs_fail_fast_with_a_condition_that_says_why(
         "bad-url": _tuning_workspace(
             "bad-url", urls=[unreachable], image=f"{real_env.registry}/adapters/none:1",
             secret="push-secret"),
+        # HTTPS of a CA the operator's registry CA ConfigMap does not hold.
+        "untrusted-registry": _tuning_workspace(
+            "untrusted-registry", urls=[f"{real_env.data_url}/phrase.jsonl"],
+            image=f"{real_env.untrusted_registry}/adapters/untrusted:1",
+            secret="untrusted-secret"),
     }
     real_env.apply(list(cases.values()), namespace)
-    started = time.monotonic()
     messages = {name: _wait_failed(real_env, namespace, name)["message"] for name in cases}
-    elapsed = time.monotonic() - started
     assert "row 3" in messages["bad-data"] and "messages" in messages["bad-data"], messages
     assert "refused" in messages["bad-password"].lower() and \
         "credentials" in messages["bad-password"].lower(), messages
     assert unreachable in messages["bad-url"], messages
+    untrusted = messages["untrusted-registry"]
+    assert f"TLS verification of registry {real_env.untrusted_registry} failed" in untrusted
+    assert "CERTIFICATE_VERIFY_FAILED" in untrusted, untrusted
+    assert ca_keys(real_env.untrusted_registry)[0] in untrusted, untrusted
     assert "not-the-password" not in json.dumps(messages)
-    # Fast: exit code 2 fails the Job at once (no retries with backoff).
-    assert elapsed < 600, elapsed
+    # Bad input (exit code 2) fails the Job at once by its pod failure policy: one pod ran
+    # and failed, none was retried although backoffLimit allows more. An unreachable URL
+    # is a download failure, which may be transient (exit code 3): its pods are retried
+    # up to backoffLimit, and then the Job fails.
+    for name in cases:
+        job = json.loads(real_env.kubectl("get", "job", name, "-n", namespace, "-o",
+                                          "json").stdout)
+        backoff_limit = job["spec"]["backoffLimit"]
+        assert backoff_limit >= 1, job["spec"]
+        is_transient = name == "bad-url"
+        expected_pods = backoff_limit + 1 if is_transient else 1
+        failed_reason = [c["reason"] for c in job["status"].get("conditions") or []
+                         if c["type"] == "Failed" and c["status"] == "True"]
+        assert failed_reason == ["BackoffLimitExceeded" if is_transient
+                                 else "PodFailurePolicy"], (name, job["status"])
+        assert (job["status"].get("failed"), job["status"].get("succeeded")) == (
+            expected_pods, None), (name, job["status"])
+        pods = json.loads(real_env.kubectl(
+            "get", "pods", "-n", namespace, "-l", f"batch.kubernetes.io/job-name={name}",
+            "-o", "json").stdout)["items"]
+        assert [p["status"]["phase"] for p in pods] == ["Failed"] * expected_pods, \
+            (name, [p["status"]["phase"] for p in pods])
     for name in cases:
         real_env.kubectl("delete", "workspace", name, "-n", namespace, "--wait=false")
 

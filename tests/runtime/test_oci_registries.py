@@ -33,11 +33,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from crds.registry_ca import ENV_CA_DIR, ca_keys
 from runtime import adapter_pull
 from runtime.oci import (
     ENV_CA_FILE,
     RegistryAuthError,
     RegistryError,
+    RegistryTLSError,
     build_annotations,
     pull_adapter,
     push_adapter,
@@ -164,6 +166,7 @@ class Registry:
     password: str
     dockerconfigjson: str
     ca_file: Path | None = None
+    log: Path | None = None  # the registry's access log
 
 
 def _run_registry(root: Path, host: str, sections: list[str],
@@ -287,7 +290,7 @@ def tls_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]
     ], context)
     try:
         yield Registry(host, user, password, dockerconfigjson_for(host, user, password),
-                       root / "ca.pem")
+                       root / "ca.pem", root / "registry.log")
     finally:
         _stop(process)
 
@@ -402,3 +405,46 @@ def test_a_missing_ca_file_is_named(adapter_dir: Path, tls_registry: Registry,
     with pytest.raises(RegistryError, match=f"CA file /nonexistent/ca.pem .{ENV_CA_FILE}."):
         push_adapter(adapter_dir, f"{tls_registry.host}/team/adapter:x",
                      tls_registry.dockerconfigjson, _annotations())
+
+
+def test_a_registry_ca_folder_trusts_a_registry_with_its_own_bundle(
+    adapter_dir: Path, tls_registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KAITO_REGISTRY_CA_DIR: the operator's registry CA ConfigMap as mounted in the pods,
+    one bundle per registry (crds/registry_ca.py names the keys)."""
+    assert tls_registry.ca_file is not None
+    monkeypatch.delenv(ENV_CA_FILE, raising=False)
+    folder = tmp_path / "registry-ca"
+    folder.mkdir()
+    monkeypatch.setenv(ENV_CA_DIR, str(folder))
+    reference = f"{tls_registry.host}/team/adapter:ca-dir"
+    # The right CA under another registry's key is not trusted for this one.
+    (folder / "10.0.0.5_5000.crt").write_bytes(tls_registry.ca_file.read_bytes())
+    with pytest.raises(RegistryTLSError) as failure:
+        push_adapter(adapter_dir, reference, tls_registry.dockerconfigjson, _annotations())
+    key = ca_keys(tls_registry.host)[0]
+    assert key in str(failure.value) and "CERTIFICATE_VERIFY_FAILED" in str(failure.value)
+    (folder / key).write_bytes(tls_registry.ca_file.read_bytes())
+    digest = push_adapter(adapter_dir, reference, tls_registry.dockerconfigjson, _annotations())
+    secret = tmp_path / "pull-secret.json"
+    secret.write_text(tls_registry.dockerconfigjson)
+    assert adapter_pull.main(["--reference", f"{tls_registry.host}/team/adapter@{digest}",
+                              "--dest", str(tmp_path / "served"), "--secret", str(secret)]) == 0
+    assert _same_files(sorted((tmp_path / "served").iterdir()), adapter_dir)
+
+
+def test_a_basic_auth_push_asks_once_then_sends_the_credentials_up_front(
+    tmp_path: Path, tls_registry: Registry
+) -> None:
+    """A blob PUT sent without credentials is refused before its body is read; over TLS
+    the server's close then reads as an SSL EOF, not a 401 (a 10 MB adapter failed so in
+    a pod). After the ping's one challenge every request carries the credentials."""
+    assert tls_registry.ca_file is not None and tls_registry.log is not None
+    folder = tmp_path / "large"
+    folder.mkdir()
+    (folder / "adapter_model.safetensors").write_bytes(secrets.token_bytes(12 << 20))
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    before = tls_registry.log.read_text().count('" 401 ')
+    push_adapter(folder, f"{tls_registry.host}/team/large:1", tls_registry.dockerconfigjson,
+                 _annotations(), ca_file=tls_registry.ca_file)
+    assert tls_registry.log.read_text().count('" 401 ') - before == 1  # the ping's
