@@ -229,7 +229,8 @@ def default_training_config(preset: ModelPreset, method: str) -> dict[str, Any]:
             "TrainingArguments": {
                 "output_dir": RESULTS_DIR,
                 "ddp_find_unused_parameters": False,
-                "save_strategy": "epoch",
+                "save_strategy": "no",
+                "num_train_epochs": 3,
                 "per_device_train_batch_size": 1,
             },
             # Upstream writes mlm: true, which a causal LM cannot use; the runtime
