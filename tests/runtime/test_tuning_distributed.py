@@ -53,24 +53,42 @@ def _config(path: Path, training: dict[str, Any]) -> Path:
     return path
 
 
+def _descendants(pid: int) -> list[int]:
+    try:
+        children = [int(c) for c in
+                    Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+    return [grand for child in children for grand in (child, *_descendants(child))]
+
+
+def _kill_run(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the launcher and every worker, as losing the pod does: torchrun starts
+    its workers in sessions of their own, so killing the launcher's group is not enough."""
+    for pid in [*_descendants(process.pid), process.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
 @contextmanager
 def _tune(arguments: list[str], log_path: Path,
           env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    """``kaito tune`` (python -m runtime.tuning) in a session of its own, so the whole
-    process group (torchrun's agent and its workers) is killed however the test ends."""
+    """``kaito tune`` (python -m runtime.tuning); it and its workers are killed however
+    the test ends."""
     command = [sys.executable, "-m", "runtime.tuning", "--log-format", "json", *arguments]
     # One thread per process, as torchrun gives each worker: on a shared two-core machine
     # a lone process with a thread per core is slowed many times by the others.
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log, stderr=log,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, cwd=REPO, env=full_env, stdout=log, stderr=log)
         try:
             yield process
         finally:
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+                _kill_run(process)
 
 
 def _wait(process: subprocess.Popen[bytes], log: Path, seconds: float) -> int:
@@ -114,7 +132,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, smollm2_path:
     single = json.loads((root / "single" / "training_result.json").read_text())
 
     # Two processes, accumulation 1: the same global batch. Checkpoints every 2 steps,
-    # none pruned; killed (the whole process group, as a lost pod) after the 3rd.
+    # none pruned; every process killed (as a lost pod) after the 3rd.
     ddp_config = _config(root / "ddp.yaml", {"save_strategy": "steps",
                                              "save_steps": SAVE_STEPS,
                                              "save_total_limit": None})
@@ -133,8 +151,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, smollm2_path:
             if snapshot is not None:
                 progress.append(snapshot)
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill_run(process)
     at_kill = sorted(p.name for p in (output / "checkpoints").glob("step-*"))
     with _tune(arguments[:-2], root / "second.log") as process:
         assert _wait(process, root / "second.log", 1200) == 0, (
