@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 # Set by torchrun in every worker it starts: a process with it is a worker, never a launcher.
 WORKER_ENV = "TORCHELASTIC_RUN_ID"
 ERROR_FILE_ENV = "TORCHELASTIC_ERROR_FILE"
+# What torchrun reports for a worker that left no error file (killed by a signal).
+_NO_MESSAGE = ("<NONE>", "<N/A>")
 _LOST_PEER_MARKS = ("Connection closed by peer", "Connection reset by peer",
                     "Broken pipe", "NCCL communicator was aborted")
 
@@ -122,9 +125,13 @@ class RankFailure:
 
 def root_failure(failures: Sequence[RankFailure]) -> RankFailure:
     """The cause: a rank's own error before a rank killed without one (a signal, OOM),
-    before a rank that only lost its peer; earliest first, then lowest rank."""
+    before a rank that only lost its peer or that the agent stopped (SIGTERM, how torchrun
+    ends the survivors); earliest first, then lowest rank."""
     def order(failure: RankFailure) -> tuple[int, int, int]:
-        kind = 2 if failure.lost_peer else (0 if failure.has_error_file else 1)
+        if failure.lost_peer or failure.exitcode == -signal.SIGTERM:
+            kind = 2
+        else:
+            kind = 0 if failure.has_error_file else 1
         return kind, failure.timestamp, failure.rank
     return min(failures, key=order)
 
@@ -138,16 +145,18 @@ def describe_failure(failure: RankFailure, world_size: int) -> str:
     return f"rank {failure.rank} of {world_size} failed ({how}): {message}\n"
 
 
-def _rank_failures(err: Any) -> list[RankFailure]:
+def rank_failures(err: Any) -> list[RankFailure]:
+    """torchrun's ``ChildFailedError.failures`` as :class:`RankFailure` values."""
     failures = []
     for rank, failure in err.failures.items():
         data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
         message = data.get("message", "")
         if isinstance(message, dict):  # torchrun's own @record layout
             message = message.get("message", "")
+        message = "" if message in _NO_MESSAGE else str(message)
         failures.append(RankFailure(
-            rank=int(rank), exitcode=int(failure.exitcode), message=str(message),
-            timestamp=int(failure.timestamp), has_error_file=bool(data.get("message")),
+            rank=int(rank), exitcode=int(failure.exitcode), message=message,
+            timestamp=int(failure.timestamp), has_error_file=bool(message),
             lost_peer=bool(data.get("lost_peer"))))
     return failures
 
@@ -165,7 +174,7 @@ def launch(plan: LaunchPlan, worker_arguments: Sequence[str]) -> int:
     try:
         run(get_args_parser().parse_args(arguments))  # type: ignore[no-untyped-call]
     except ChildFailedError as err:
-        cause = root_failure(_rank_failures(err))
+        cause = root_failure(rank_failures(err))
         text = describe_failure(cause, plan.world_size)
         write_termination_message(text)
         log.error("tuning failed on a rank", extra={"rank": cause.rank,

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from crds.tuning_config import ConfigError, default_config_document, parse_training_config
@@ -12,6 +14,7 @@ from runtime.tuning.launch import (
     RankFailure,
     describe_failure,
     plan_launch,
+    rank_failures,
     root_failure,
     torchrun_arguments,
 )
@@ -85,6 +88,23 @@ def test_the_root_cause_is_a_ranks_own_error_not_a_lost_peer() -> None:
     assert describe_failure(own, 4) == (
         "rank 1 of 4 failed (exit code 2): invalid input, nothing trained: bad row\n")
     assert "killed by signal 9" in describe_failure(killed, 4)
+
+
+def test_a_rank_the_agent_stopped_is_not_the_cause() -> None:
+    # torchrun's view after rank 1 was SIGKILLed and the agent SIGTERMed rank 0, in the
+    # same second: no error files (torchrun's "<NONE>").
+    failures = SimpleNamespace(failures={
+        0: SimpleNamespace(error_file_data={"message": "<NONE>"}, exitcode=-15,
+                           timestamp=100),
+        1: SimpleNamespace(error_file_data={"message": "<NONE>"}, exitcode=-9, timestamp=100),
+        2: SimpleNamespace(error_file_data={"message": "boom", "lost_peer": False},
+                           exitcode=1, timestamp=101),
+    })
+    parsed = rank_failures(failures)
+    assert [(f.rank, f.message, f.has_error_file) for f in parsed] == [
+        (0, "", False), (1, "", False), (2, "boom", True)]
+    assert root_failure(parsed).rank == 2
+    assert root_failure(parsed[:2]).rank == 1
 
 
 def test_each_row_is_trained_once_per_epoch_on_one_rank() -> None:
