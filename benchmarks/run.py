@@ -50,9 +50,10 @@ SIZES: dict[str, dict[str, list[str]]] = {
         "full": ["--methods", "lora,qlora", "--batches", "1,8", "--steps", "6",
                  "--loss-steps", "50", "--packing-steps", "24", "--packing-batch", "4"],
         "quick": ["--methods", "lora", "--batches", "4", "--steps", "2", "--loss-steps", "5",
-                  "--packing-steps", "4"],
+                  "--packing-steps", "4", "--distributed-steps", "4"],
         "smoke": ["--methods", "lora", "--batches", "2", "--steps", "2", "--rows", "24",
-                  "--loss-steps", "3", "--packing-steps", "2", "--packing-batch", "2"]},
+                  "--loss-steps", "3", "--packing-steps", "2", "--packing-batch", "2",
+                  "--distributed-steps", "0"]},
     "serving": {
         "full": ["--clients", "1,4,16", "--max-tokens", "32", "--per-client", "1",
                  "--rounds", "3"],

@@ -20,6 +20,10 @@ Three phases:
 - **packing**: our loop with packing against itself with padding (length-grouped), one
   epoch each over the same length-skewed rows.
 
+- **distributed**: ``kaito tune`` itself (the CLI) with 2 processes x 1 thread (torchrun,
+  DDP, gloo) against 1 process x 1 thread at the same global batch (accumulation 2) on
+  the same rows: training tokens/s of all ranks (goal >= 1.6 on two free cores).
+
     python -m benchmarks.tuning_bench [--steps N] [--batches 1,8] [--methods lora,qlora]
 """
 
@@ -276,6 +280,12 @@ def rows(details: dict[str, Any]) -> list[Row]:
             result.append(row("tuning", f"{label}: mean loss of steps {steps - 4}-{steps}", "",
                               tail_mean(ours), tail_mean(theirs),
                               "transformers Trainer + peft", Goal("between", 0.98, 1.02)))
+    distributed = details.get("distributed")
+    if distributed:
+        result.append(row("tuning", "kaito tune, 2 processes x 1 thread (DDP, gloo)", "tok/s",
+                          distributed["2"]["tokens_per_second"],
+                          distributed["1"]["tokens_per_second"], "1 process x 1 thread",
+                          Goal(">=", 1.6)))
     packing = details.get("packing")
     if packing:
         result.append(row("tuning", f"packing, length-skewed rows, batch {packing['batch']}",
@@ -283,6 +293,37 @@ def rows(details: dict[str, Any]) -> list[Row]:
                           packing["padded"]["tokens_per_second"], "ours, padding",
                           Goal(">=", 1.3)))
     return result
+
+
+def run_cli(model_path: Path, examples: list[Example], steps: int, processes: int
+            ) -> dict[str, Any]:
+    """``python -m runtime.tuning`` over ``examples``: 2 rows per step in all, one thread
+    per process; the rates from its ``training_result.json``."""
+    import subprocess
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        (root / "data").mkdir()
+        (root / "data" / "rows.jsonl").write_text("".join(
+            json.dumps({"messages": [{"role": role, "content": text}
+                                     for role, text in example.messages or ()]}) + "\n"
+            for example in examples))
+        (root / "config.yaml").write_text(json.dumps({"training_config": {
+            "ModelConfig": {"torch_dtype": "float32"},
+            "LoraConfig": {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"},
+            "TrainingArguments": {"per_device_train_batch_size": 1, "max_steps": steps,
+                                  "gradient_accumulation_steps": 2 // processes,
+                                  "learning_rate": LEARNING_RATE, "save_strategy": "no"},
+            "DatasetConfig": {"max_seq_length": 512, "train_test_split": 1}}}))
+        command = [sys.executable, "-m", "runtime.tuning", "--config", str(root / "config.yaml"),
+                   "--data-dir", str(root / "data"), "--output-dir", str(root / "out"),
+                   "--base-model", str(model_path), "--nproc-per-node", str(processes)]
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        subprocess.run(command, cwd=REPO, env=env, check=True, capture_output=True)
+        result = json.loads((root / "out" / "training_result.json").read_text())
+    return {"tokens_per_second": result["tokens_per_second"],
+            "seconds_per_step": result["seconds_per_step"], "strategy": result["strategy"],
+            "world_size": result["world_size"], "losses": result["losses"]}
 
 
 def report(label: str, rates: dict[str, Any]) -> None:
@@ -312,6 +353,8 @@ def main() -> int:
                              "shared machine OpenMP threads wait at every barrier for a "
                              "thread whose core another process holds, and the same step "
                              "took 1.3-39 s with two threads but 3.8-4.3 s with one")
+    parser.add_argument("--distributed-steps", type=int, default=8,
+                        help="steps of the 2-process vs 1-process CLI runs (0: skip them)")
     parser.add_argument("--json", type=Path, help="write rows and measurements here")
     args = parser.parse_args()
     import torch
@@ -385,6 +428,13 @@ def main() -> int:
             report(f"packing/{label}", packing[label])
             gc.collect()
         details["packing"] = packing
+    if args.distributed_steps:
+        examples = dolly_examples(args.distributed_steps * 2, seed=1)
+        details["distributed"] = {}
+        for processes in (1, 2):
+            rates = run_cli(model_path, examples, args.distributed_steps, processes)
+            details["distributed"][str(processes)] = rates
+            report(f"distributed/{processes}", rates)
     write_result(args.json, rows(details), details)
     return 0
 

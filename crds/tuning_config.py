@@ -143,14 +143,26 @@ class TrainingSection(_Section):
     warmup_steps: int = Field(default=0, ge=0)
     warmup_ratio: float = Field(default=0.0, ge=0, le=1)
     logging_steps: float = Field(default=10, gt=0)
+    # As in TrainingArguments: "no" never checkpoints, "steps" every save_steps (a
+    # fraction below 1 is a share of the run), "epoch" at each epoch's end;
+    # save_total_limit None keeps every checkpoint.
     save_strategy: Literal["no", "steps", "epoch", "best"] = "no"
     save_steps: float = Field(default=500, gt=0)
-    save_total_limit: int | None = Field(default=2, gt=0)
+    save_total_limit: int | None = Field(default=None, gt=0)
     seed: int = 42
     gradient_checkpointing: bool = False
     bf16: bool = False
     fp16: bool = False
     ddp_find_unused_parameters: bool = False
+
+    @model_validator(mode="after")
+    def _save_strategy_is_one_this_loop_runs(self) -> TrainingSection:
+        if self.save_strategy == "best":
+            raise ValueError(
+                "save_strategy 'best' needs evaluation during training, which this runtime "
+                "does not run (it evaluates before and after): use 'steps', 'epoch' or 'no'"
+            )
+        return self
 
     def ignored_settings(self) -> list[str]:
         """Settings the user asked for that this single-process runtime cannot honour."""
@@ -399,7 +411,8 @@ def default_config_document(method: Method) -> dict[str, Any]:
         "QuantizationConfig": quantization,
         "LoraConfig": {"r": 8, "lora_alpha": 8, "lora_dropout": 0.0},
         "TrainingArguments": {"output_dir": "/mnt/results", "ddp_find_unused_parameters": False,
-                              "save_strategy": "epoch", "per_device_train_batch_size": 1},
+                              "save_strategy": "no", "num_train_epochs": 3,
+                              "per_device_train_batch_size": 1},
         "DataCollator": {"mlm": False},
         "DatasetConfig": {"shuffle_dataset": True, "train_test_split": 1},
     }}

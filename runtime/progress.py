@@ -12,7 +12,9 @@ The JSON (file ``<output>/progress.json`` and ``/progress``) has: ``phase`` (one
 PHASES), ``step``, ``total_steps``, ``epoch``, ``loss``, ``learning_rate``,
 ``tokens_per_second``, ``seconds_per_step``, ``eta_seconds``, ``elapsed_seconds``,
 ``tokens_seen``, ``resumed_from_step``, ``precision`` (``dtype``, ``requested``,
-``device_type``, ``capability``, ``reason``, ``warning``), ``data`` (how the rows fitted
+``device_type``, ``capability``, ``reason``, ``warning``), ``distributed`` (``strategy``:
+single, ddp or fsdp, ``world_size``, ``reason``; tokens/s and the ETA count all ranks),
+``data`` (how the rows fitted
 ``max_seq_length``: ``rows``, ``kept``, ``truncated``, ``dropped``, ``tokens_cut``,
 ``longest_tokens``, ``max_seq_length``, ``truncated_rows``, ``dropped_rows``),
 ``evaluation`` (``before``/``after`` → ``loss``, ``perplexity``), ``message`` (the error
@@ -89,6 +91,7 @@ class ProgressTracker:
             "tokens_seen": 0,
             "resumed_from_step": None,
             "precision": None,
+            "distributed": None,
             "data": None,
             "evaluation": {},
             "message": None,
@@ -149,6 +152,13 @@ class ProgressTracker:
         """The dtype training computes in and why (``runtime.precision.Precision``)."""
         with self._lock:
             self._state["precision"] = dict(precision)
+        self._publish()
+
+    def record_distribution(self, choice: dict[str, Any]) -> None:
+        """How the run is spread: ``strategy`` (single, ddp, fsdp), ``world_size``,
+        ``reason`` (``runtime.tuning.strategy.StrategyChoice``)."""
+        with self._lock:
+            self._state["distributed"] = dict(choice)
         self._publish()
 
     def record_data(self, lengths: dict[str, Any]) -> None:

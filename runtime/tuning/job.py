@@ -9,6 +9,11 @@ before and after, losses, speed, dataset digest, hyper-parameters) and the senti
 longer than ``max_seq_length`` are truncated or dropped (encoding.py) and counted under
 ``data`` in the result and in progress. A job
 whose sentinel exists does nothing, so a restarted pod after success is harmless.
+
+Under torchrun every rank runs this function: all validate the same input and train
+(runtime/tuning/strategy.py picks one process, DDP or FSDP), rank 0 alone decides
+whether there is anything to do, checks the push credentials, writes the output folder
+and pushes; the strategy and world size are in the log, progress and the result.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,9 +32,12 @@ from typing import Any
 
 from runtime.base_model import resolve_model_path
 from runtime.progress import ProgressTracker, write_atomically
+from runtime.tuning import distributed
 from runtime.tuning.config import ConfigError, Method, TrainingConfig, load_training_config
 from runtime.tuning.data import load_dataset
+from runtime.tuning.distributed import World
 from runtime.tuning.encoding import encode_dataset, split_train_eval
+from runtime.tuning.strategy import StrategyChoice, choose_strategy
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +55,7 @@ class JobRequest:
     method: Method | None = None
     push_reference: str | None = None
     push_secret: str | None = None  # the dockerconfigjson text
+    strategy: str = "auto"  # auto | ddp | fsdp (strategy.py)
 
 
 def infer_method(config_path: Path) -> Method:
@@ -106,18 +117,75 @@ def _adapter_saved(output_dir: Path) -> bool:
     return all((output_dir / name).is_file() for name in names)
 
 
+def _weight_bytes(model_path: Path, dtype_size: int) -> int:
+    """The base model's weights in the compute dtype, from the safetensors headers."""
+    from safetensors import safe_open
+
+    count = 0
+    for path in sorted(model_path.glob("*.safetensors")):
+        with safe_open(str(path), "pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
+                count += math.prod(handle.get_slice(key).get_shape())
+    return count * dtype_size
+
+
+def _device_bytes(device: Any, world: World) -> int | None:
+    """Memory one process may use: its GPU's, or the host's shared by the node's ranks."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        host = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+    return int(host // world.local_world_size)
+
+
+def _choose(request: JobRequest, method: Method, model_path: Path, config: TrainingConfig,
+            world: World, device: Any) -> StrategyChoice:
+    from runtime.tuning.model import training_precision
+
+    dtype_size = {"float32": 4}.get(training_precision(config, device).dtype, 2)
+    choice = choose_strategy(
+        request.strategy, method=method, world_size=world.world_size,
+        weight_bytes=_weight_bytes(model_path, dtype_size),
+        device_bytes=_device_bytes(device, world))
+    # Nodes may differ in memory: rank 0's choice is the run's.
+    decided: StrategyChoice = distributed.broadcast_object(world, choice)
+    return decided
+
+
 def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
     """Run the job; return the result written to ``training_result.json``."""
+    world = World.from_env(os.environ)
+    device = distributed.device_for(world)
+    distributed.init(world, device)
+    try:
+        return _run_job(request, progress, world, device)
+    finally:
+        distributed.shutdown(world)
+
+
+def _run_job(request: JobRequest, progress: ProgressTracker, world: World,
+             device: Any) -> dict[str, Any]:
     output_dir = request.output_dir
     sentinel = output_dir / SENTINEL
-    if sentinel.exists():
+    # Rank 0's output folder says whether anything is left to do; the others follow it.
+    done_before = distributed.broadcast_object(world, "done" if sentinel.exists() else (
+        "trained" if _adapter_saved(output_dir) else None))
+    if done_before == "done":
         log.info("sentinel present, job already done", extra={"sentinel": str(sentinel)})
         progress.set_phase("succeeded", "already done")
+        if not world.is_main:
+            return {}
         result: dict[str, Any] = json.loads((output_dir / RESULT_FILE).read_text())
         return result
-    if _adapter_saved(output_dir):
+    if done_before == "trained":
         # Trained before, but the push (or the sentinel) did not happen: only finish.
         log.info("adapter already saved, finishing the job", extra={"dir": str(output_dir)})
+        if not world.is_main:
+            return {}
         return _push_and_finish(request, json.loads((output_dir / RESULT_FILE).read_text()),
                                 progress)
     method = request.method or infer_method(request.config_path)
@@ -156,7 +224,7 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
                "dropped": lengths.dropped, "digest": dataset.digest},
     )
 
-    if request.push_reference:  # still the "validating" phase: the output is an input too
+    if request.push_reference and world.is_main:  # the output is an input too
         from runtime.oci import RegistryAuthError, RegistryTLSError, check_push_access
 
         try:
@@ -168,8 +236,18 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
             # Likewise an untrusted certificate: a retry has the same CAs.
             raise ConfigError(f"the registry's certificate is not trusted: {err}") from err
 
+    choice = _choose(request, method, model_path, config, world, device)
+    log.info("distribution chosen", extra=choice.as_dict())
+    if choice.warning:
+        log.warning("the model may not fit", extra={"detail": choice.warning})
+    progress.record_distribution(choice.as_dict())
+
     progress.set_phase("loading")
-    loaded = load_for_training(model_path, config)
+    # FSDP shards a model that may not fit one device: load it on the CPU, shard it there.
+    import torch
+
+    load_device = torch.device("cpu") if choice.strategy == "fsdp" else device
+    loaded = load_for_training(model_path, config, device, load_device=load_device)
     progress.record_precision(loaded.precision.as_dict())
 
     from runtime.tuning.trainer import Trainer
@@ -185,14 +263,19 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
         progress=progress,
         device=loaded.device,
         dtype=loaded.dtype,
+        world=world,
+        strategy=choice.strategy,
     )
     outcome = trainer.train()
 
     progress.set_phase("saving")
     from runtime.tuning.model import quiet_library_deprecations
 
+    adapter = distributed.trainable_state(loaded.model)  # every rank: FSDP gathers
+    if not world.is_main:
+        return {}
     with quiet_library_deprecations():
-        loaded.model.save_pretrained(output_dir, safe_serialization=True)
+        loaded.model.save_pretrained(output_dir, state_dict=adapter, safe_serialization=True)
     result = {
         "base_model": base_name,
         "method": method,
@@ -210,6 +293,9 @@ def run_job(request: JobRequest, progress: ProgressTracker) -> dict[str, Any]:
         "dtype": loaded.precision.dtype,
         "precision": loaded.precision.as_dict(),
         "device": str(loaded.device),
+        "strategy": choice.strategy,
+        "world_size": choice.world_size,
+        "distributed": choice.as_dict(),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     write_atomically(output_dir / RESULT_FILE, json.dumps(result, indent=2))

@@ -78,9 +78,12 @@ def load_tokenizer(model_path: Path) -> Any:
 
 
 def load_for_training(
-    model_path: Path, config: TrainingConfig, device: torch.device | None = None
+    model_path: Path, config: TrainingConfig, device: torch.device | None = None,
+    *, load_device: torch.device | None = None,
 ) -> LoadedModel:
-    """The base model, frozen (and quantized for QLoRA), with a fresh LoRA adapter."""
+    """The base model, frozen (and quantized for QLoRA), with a fresh LoRA adapter.
+    ``device`` computes (it decides the precision); the weights are placed on
+    ``load_device`` (default ``device``): the CPU when FSDP shards them afterwards."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
@@ -97,7 +100,7 @@ def load_for_training(
         local_files_only=config.model.local_files_only,
         trust_remote_code=config.model.trust_remote_code,
         # One pod trains on one device; "auto" would also spread onto the CPU.
-        device_map={"": str(device)},
+        device_map={"": str(load_device or device)},
     )
     quant = config.quantization
     if quant.is_quantized:

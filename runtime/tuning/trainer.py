@@ -5,10 +5,19 @@ target tokens of a whole accumulation group (not a mean of per-batch means), pad
 batch only to its own longest row, reports progress every step, and checkpoints the
 adapter, optimizer, scheduler and RNG state into the output volume so a restarted pod
 continues from the last checkpoint with the same step counter and the same data order.
+
+Under torchrun the same loop runs on every rank (runtime/tuning/schedule.py says which
+micro-batches each trains; distributed.py wraps the model with DDP or FSDP). The loss of
+a step is normalised by the target tokens of the whole global group, so W ranks compute
+the same loss as one process with W times the accumulation. Rank 0 alone writes
+checkpoints and reports progress; evaluation is split over the ranks and its sums
+all-reduced (every rank must take part in an FSDP forward anyway, and W ranks evaluate
+W times faster than rank 0 alone while the others wait).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +33,9 @@ from typing import Any
 import torch
 
 from runtime.progress import ProgressTracker
+from runtime.tuning import distributed, schedule
 from runtime.tuning.config import TrainingConfig
+from runtime.tuning.distributed import World
 from runtime.tuning.encoding import Batch, Encoded, collate, plan_epoch
 from runtime.tuning.model import quiet_library_deprecations
 
@@ -100,10 +111,19 @@ class Trainer:
         progress: ProgressTracker,
         device: torch.device,
         dtype: torch.dtype,
+        world: World | None = None,
+        strategy: str = "single",
     ) -> None:
         if not train:
             raise ValueError("no training examples")
+        self.world = world or World()
+        self.strategy = strategy
         self.model = model
+        # What forward/backward go through: a DDP wrapper, or the model (FSDP shards it
+        # in place; one process trains it as is).
+        self.train_model = distributed.wrap(
+            model, strategy, device, dtype,
+            find_unused_parameters=config.training.ddp_find_unused_parameters)
         self.config = config
         self.train_items = list(train)
         self.held_out = list(held_out)
@@ -120,12 +140,14 @@ class Trainer:
         self._planned: tuple[int, list[list[list[Encoded]]]] | None = None
         self.batches_per_epoch = len(self._plan(0))
         self.accumulation = args.gradient_accumulation_steps
-        updates_per_epoch = math.ceil(self.batches_per_epoch / self.accumulation)
+        updates_per_epoch = schedule.updates_per_epoch(
+            self.batches_per_epoch, self.accumulation, self.world.world_size)
         if args.max_steps > 0:
             self.total_steps = args.max_steps
         else:
             self.total_steps = max(1, math.ceil(updates_per_epoch * args.num_train_epochs))
-        self.save_every = self._checkpoint_interval(updates_per_epoch)
+        self.save_every = schedule.checkpoint_interval(
+            args.save_strategy, args.save_steps, self.total_steps, updates_per_epoch)
         logging_steps = args.logging_steps
         self._log_every = max(
             1, math.ceil(logging_steps * self.total_steps if logging_steps < 1 else logging_steps)
@@ -147,7 +169,12 @@ class Trainer:
             num_training_steps=self.total_steps,
         )
         # float16 weights need loss scaling; bfloat16 and float32 do not.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        if strategy == "fsdp":
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            self.scaler: Any = ShardedGradScaler(device.type, enabled=dtype == torch.float16)
+        else:
+            self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
         self._max_seq_length = data.max_seq_length
 
     def _plan(self, epoch: int) -> list[list[list[Encoded]]]:
@@ -166,23 +193,15 @@ class Trainer:
         self._planned = (epoch, plan)
         return plan
 
-    def _checkpoint_interval(self, updates_per_epoch: int) -> int:
-        """Steps between checkpoints. With upstream's default ``save_strategy: no`` a
-        checkpoint is still written about every tenth of the run, so a restarted pod
-        resumes; checkpoints are removed once the adapter is saved."""
-        args = self.config.training
-        if args.save_strategy == "steps":
-            steps = args.save_steps
-            return max(1, math.ceil(steps * self.total_steps if steps < 1 else steps))
-        if args.save_strategy == "epoch":
-            return max(1, updates_per_epoch)
-        return max(1, math.ceil(self.total_steps / 10))
-
     # -- evaluation ---------------------------------------------------------------------
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Token-weighted held-out loss and perplexity; None without held-out data."""
+        """Token-weighted held-out loss and perplexity; None without held-out data.
+
+        The batches are dealt round-robin to the ranks and the sums all-reduced; a rank
+        short of a batch repeats one with weight 0, as FSDP needs every rank in every
+        forward."""
         if not self.held_out:
             return None
         was_training = self.model.training
@@ -190,10 +209,15 @@ class Trainer:
         _keep_quantized_layers_in_train_mode(self.model)
         size = self.config.training.per_device_eval_batch_size
         ordered = sorted(self.held_out, key=lambda item: len(item.input_ids))
+        chunks = [ordered[start : start + size] for start in range(0, len(ordered), size)]
+        world = self.world
+        rounds = math.ceil(len(chunks) / world.world_size)
         total_loss, total_tokens = 0.0, 0
-        for start in range(0, len(ordered), size):
+        for turn in range(rounds):
+            index = turn * world.world_size + world.rank
+            counted = index < len(chunks)
             batch = collate(
-                [[item] for item in ordered[start : start + size]],
+                [[item] for item in chunks[index if counted else 0]],
                 self.pad_token_id,
                 self.config.collator.pad_to_multiple_of,
             )
@@ -201,16 +225,20 @@ class Trainer:
             output = self.model(
                 **_to_tensors(batch, self.device), use_cache=False, num_items_in_batch=count
             )
-            total_loss += float(output.loss) * count
-            total_tokens += count
+            if counted:
+                total_loss += float(output.loss) * count
+                total_tokens += count
         if was_training:
             self.model.train()
-        loss = total_loss / total_tokens
+        total_loss, summed_tokens = distributed.sum_floats(
+            world, [total_loss, float(total_tokens)], self.device)
+        loss = total_loss / summed_tokens
         return {"loss": round(loss, 6), "perplexity": round(math.exp(min(loss, 50.0)), 4)}
 
     # -- checkpoints --------------------------------------------------------------------
 
     def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (rank 0's output; other ranks have none)."""
         if not self.checkpoint_root.is_dir():
             return None
         complete = [
@@ -219,22 +247,22 @@ class Trainer:
         return max(complete, key=lambda path: int(path.name.split("-")[1]), default=None)
 
     def save_checkpoint(self, step: int, extra_state: dict[str, Any]) -> Path:
-        """Write adapter + optimizer + scheduler + RNG state; rename into place at the end."""
+        """Write adapter + optimizer + scheduler + RNG state; rename into place at the end.
+        Every rank gathers (FSDP shards are collected); rank 0 alone writes."""
         from safetensors.torch import save_file
 
+        adapter = distributed.trainable_state(self.model)
+        optimizer_state = distributed.optimizer_state(self.optimizer)
         target = self.checkpoint_root / f"step-{step:07d}"
+        if not self.world.is_main:
+            return target
         staging = self.checkpoint_root / f".tmp-step-{step:07d}"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        adapter = {
-            name: tensor.detach().to("cpu").contiguous()
-            for name, tensor in self.model.named_parameters()
-            if tensor.requires_grad
-        }
         save_file(adapter, str(staging / "adapter.safetensors"))
         torch.save(
             {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
                 "rng_cpu": torch.get_rng_state(),
@@ -246,6 +274,8 @@ class Trainer:
             "step": step,
             "total_steps": self.total_steps,
             "fingerprint": self.fingerprint,
+            "world_size": self.world.world_size,
+            "strategy": self.strategy,
             **extra_state,
         }
         (staging / _STATE_FILE).write_text(json.dumps(state, indent=2))
@@ -255,34 +285,47 @@ class Trainer:
         return target
 
     def _prune_checkpoints(self) -> None:
-        keep = self.config.training.save_total_limit or 2
-        complete = sorted(
-            (p for p in self.checkpoint_root.glob("step-*") if (p / _STATE_FILE).is_file()),
-            key=lambda path: int(path.name.split("-")[1]),
-        )
-        for old in complete[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        complete = {
+            int(p.name.split("-")[1]): p
+            for p in self.checkpoint_root.glob("step-*") if (p / _STATE_FILE).is_file()
+        }
+        limit = self.config.training.save_total_limit
+        for step in schedule.checkpoints_to_prune(list(complete), limit):
+            shutil.rmtree(complete[step], ignore_errors=True)
 
-    def restore(self, checkpoint: Path) -> dict[str, Any] | None:
-        """Load a checkpoint; None (start over) if it belongs to another config or data."""
+    def _read_checkpoint(self, checkpoint: Path | None) -> dict[str, Any] | None:
+        """Rank 0: the checkpoint's contents, or None to start over."""
         from safetensors.torch import load_file
 
+        if checkpoint is None:
+            return None
         state: dict[str, Any] = json.loads((checkpoint / _STATE_FILE).read_text())
         if state.get("fingerprint") != self.fingerprint or state.get("total_steps") != (
             self.total_steps
-        ):
+        ) or state.get("world_size", 1) != self.world.world_size:
             log.warning(
-                "checkpoint is from a different configuration or dataset, starting over",
+                "checkpoint is from a different configuration, dataset or world size, "
+                "starting over",
                 extra={"checkpoint": str(checkpoint)},
             )
             return None
-        adapter = load_file(str(checkpoint / "adapter.safetensors"))
-        named = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in adapter.items():
-                named[name].copy_(tensor.to(named[name].device))
-        saved = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=False)
-        self.optimizer.load_state_dict(saved["optimizer"])
+        return {
+            "state": state,
+            "adapter": load_file(str(checkpoint / "adapter.safetensors")),
+            "saved": torch.load(checkpoint / "optimizer.pt", map_location="cpu",
+                                weights_only=False),
+        }
+
+    def restore(self, checkpoint: Path | None) -> dict[str, Any] | None:
+        """Load a checkpoint (rank 0 reads it, every rank gets it); None: start over."""
+        contents = distributed.broadcast_object(
+            self.world, self._read_checkpoint(checkpoint) if self.world.is_main else None)
+        if contents is None:
+            return None
+        state: dict[str, Any] = contents["state"]
+        distributed.load_trainable_state(self.model, contents["adapter"])
+        saved = contents["saved"]
+        distributed.load_optimizer_state(self.optimizer, saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         torch.set_rng_state(saved["rng_cpu"])
@@ -293,33 +336,52 @@ class Trainer:
     # -- training -----------------------------------------------------------------------
 
     def _micro_batches(self, step: int) -> list[Batch]:
-        """The micro-batches of optimizer step ``step`` (0-based), replayable on resume."""
-        batches: list[Batch] = []
-        for index in range(step * self.accumulation, (step + 1) * self.accumulation):
-            epoch, position = divmod(index, self.batches_per_epoch)
-            batches.append(
-                collate(
-                    self._plan(epoch)[position],
-                    self.pad_token_id,
-                    self.config.collator.pad_to_multiple_of,
-                )
-            )
-        return batches
+        """This rank's micro-batches of optimizer step ``step`` (0-based), replayable."""
+        world = self.world
+        return [
+            collate(self._rows(index), self.pad_token_id,
+                    self.config.collator.pad_to_multiple_of)
+            for index in schedule.micro_batch_indices(
+                step, self.accumulation, world.world_size, world.rank)
+        ]
+
+    def _rows(self, index: int) -> list[list[Encoded]]:
+        epoch, position = divmod(index, self.batches_per_epoch)
+        return self._plan(epoch)[position]
+
+    def _group_counts(self, step: int) -> tuple[int, int]:
+        """Target tokens and real tokens of the whole step, over all ranks (every rank
+        plans the same epoch, so this needs no communication)."""
+        targets, tokens = 0, 0
+        for index in schedule.step_indices(step, self.accumulation, self.world.world_size):
+            for row in self._rows(index):
+                targets += sum(item.target_tokens for item in row)
+                tokens += sum(len(item.input_ids) for item in row)
+        return targets, tokens
+
+    def _no_sync(self, is_last: bool) -> contextlib.AbstractContextManager[None]:
+        """DDP averages gradients once per step, not on every accumulated backward."""
+        if self.strategy == "ddp" and not is_last:
+            return self.train_model.no_sync()  # type: ignore[no-any-return]
+        return contextlib.nullcontext()
 
     def _train_step(self, step: int, outcome: TrainingOutcome) -> None:
         micro = self._micro_batches(step)
-        group_targets = sum(_target_count(batch) for batch in micro)
-        step_loss, step_tokens = 0.0, 0
-        for batch in micro:
-            with quiet_library_deprecations():
-                output = self.model(
+        group_targets, step_tokens = self._group_counts(step)
+        # DDP and FSDP average the ranks' gradients; each rank's loss is already a share
+        # of the global group's, so scale back to their sum.
+        scale = float(self.world.world_size)
+        local_loss = 0.0
+        for position, batch in enumerate(micro):
+            with quiet_library_deprecations(), self._no_sync(position == len(micro) - 1):
+                output = self.train_model(
                     **_to_tensors(batch, self.device),
                     use_cache=False,
                     num_items_in_batch=group_targets,
                 )
-            self.scaler.scale(output.loss).backward()
-            step_loss += float(output.loss.detach())
-            step_tokens += batch.real_tokens
+                self.scaler.scale(output.loss * scale).backward()
+            local_loss += float(output.loss.detach())
+        (step_loss,) = distributed.sum_floats(self.world, [local_loss], self.device)
         max_grad_norm = self.config.training.max_grad_norm
         if max_grad_norm and max_grad_norm > 0:
             self.scaler.unscale_(self.optimizer)
@@ -340,7 +402,7 @@ class Trainer:
             tokens=step_tokens,
             epoch=done * self.accumulation / self.batches_per_epoch,
         )
-        if done % self._log_every == 0 or done == self.total_steps:
+        if self.world.is_main and (done % self._log_every == 0 or done == self.total_steps):
             snapshot = self.progress.snapshot()
             log.info(
                 "training progress",
@@ -349,14 +411,14 @@ class Trainer:
                     "eta_seconds",
                 )},
             )
-        if done % self.save_every == 0 and done < self.total_steps:
+        if schedule.is_checkpoint_step(done, self.save_every, self.total_steps):
             self.save_checkpoint(done, {"eval_before": outcome.eval_before, "losses": outcome.losses})
 
     def train(self) -> TrainingOutcome:
         start_step = 0
         extra: dict[str, Any] = {}
-        checkpoint = self.latest_checkpoint()
-        restored = self.restore(checkpoint) if checkpoint is not None else None
+        checkpoint = self.latest_checkpoint() if self.world.is_main else None
+        restored = self.restore(checkpoint)
         if restored is not None:
             start_step = int(restored["step"])
             extra = {"eval_before": restored.get("eval_before"), "losses": restored["losses"]}
@@ -375,7 +437,7 @@ class Trainer:
 
         self.progress.set_phase("training")
         self.progress.begin_training(self.total_steps, start_step)
-        self.model.train()
+        self.train_model.train()
         started = time.monotonic()
         with warnings.catch_warnings():
             # A backward through an op without autograd support yields wrong gradients

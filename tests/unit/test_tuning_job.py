@@ -44,6 +44,9 @@ class _Trainer:
 
 
 class _Model:
+    def named_parameters(self) -> list[Any]:
+        return []
+
     def save_pretrained(self, folder: Path, **kwargs: Any) -> None:
         (folder / "adapter_config.json").write_text("{}")
         (folder / "adapter_model.safetensors").write_bytes(b"")
@@ -72,7 +75,8 @@ def stand_ins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     (model_dir / "config.json").write_text(json.dumps({"max_position_embeddings": 4096}))
     model = types.ModuleType("runtime.tuning.model")
     model.load_tokenizer = lambda path: CharTokenizer()  # type: ignore[attr-defined]
-    model.load_for_training = lambda path, config: _Loaded()  # type: ignore[attr-defined]
+    model.load_for_training = lambda path, config, *a, **k: _Loaded()  # type: ignore[attr-defined]
+    model.training_precision = lambda config, device: _Precision()  # type: ignore[attr-defined]
     model.quiet_library_deprecations = _quiet  # type: ignore[attr-defined]
     trainer = types.ModuleType("runtime.tuning.trainer")
     trainer.Trainer = _Trainer  # type: ignore[attr-defined]
