@@ -165,14 +165,10 @@ class TrainingSection(_Section):
         return self
 
     def ignored_settings(self) -> list[str]:
-        """Settings the user asked for that this single-process runtime cannot honour."""
-        ignored = []
-        if self.ddp_find_unused_parameters:
-            ignored.append(
-                "TrainingArguments.ddp_find_unused_parameters has no effect: tuning runs in "
-                "one process, without DistributedDataParallel"
-            )
-        return ignored
+        """Settings the user asked for that the runtime cannot honour (none today:
+        ddp_find_unused_parameters goes to DistributedDataParallel when tuning runs in
+        several processes). The webhook warns and the pod logs each one."""
+        return []
 
     def warmup_steps_for(self, total_steps: int) -> int:
         if self.warmup_steps:
