@@ -220,7 +220,6 @@ class Informer:
                 self.resource, self.namespace,
                 resource_version=self._resource_version or "0",
                 label_selector=self.label_selector,
-                field_selector=self.field_selector,
                 timeout_seconds=timeout_seconds,
                 **self._field_selector_arg(),
                 read_timeout_seconds=self._read_timeout_seconds,
