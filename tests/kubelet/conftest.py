@@ -37,6 +37,22 @@ NODE_LABELS = {"apps": "kaito-real"}
 REGISTRY_CA_CONFIG_MAP = "kaito-registry-ca"  # config/manager's setting
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The host-restore tests start and stop real nodes of their own: they run before any
+    test that starts the session's node (one real node per machine), whatever the files'
+    names sort as."""
+    first = next((i for i, item in enumerate(items) if _is_kubelet(item)), None)
+    if first is None:
+        return
+    restore = [item for item in items if Path(str(item.fspath)).name == "test_host_restore.py"]
+    rest = [item for item in items if item not in restore]
+    items[:] = rest[:first] + restore + rest[first:]
+
+
+def _is_kubelet(item: pytest.Item) -> bool:
+    return Path(str(item.fspath)).parent.name == "kubelet"
+
+
 @dataclass
 class RealEnv:
     real: RealCluster
