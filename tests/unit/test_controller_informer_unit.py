@@ -172,3 +172,37 @@ def test_informer_rejects_bad_configuration() -> None:
 def test_events_are_json_lines() -> None:
     # Guard the fixture itself: one JSON document per line, as the API server streams.
     assert json.loads(json.dumps(cm("a", "1")))["metadata"]["name"] == "a"
+
+
+async def test_a_field_selected_informer_sends_its_selector_and_transforms_objects(
+    server: FakeApiServer  # noqa: F811
+) -> None:
+    selector = "spec.nodeName!="
+    queries: list[str | None] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        queries.append(request.query.get("fieldSelector"))
+        if request.query.get("watch") != "true":
+            return web.json_response({"metadata": {"resourceVersion": "10"},
+                                      "items": [cm("a", "5", v="1")]})
+        return await stream_lines(request, [{"type": "ADDED", "object": cm("b", "11")}],
+                                  then="hang")
+
+    server.handler = handler
+
+    def keep_name(obj: dict[str, Any]) -> dict[str, Any]:
+        return {"metadata": {key: obj["metadata"][key]
+                             for key in ("name", "namespace", "resourceVersion")}}
+
+    async with make_client(server.url) as client:
+        informer = Informer(client, CONFIGMAPS, namespace="ns", field_selector=selector,
+                            transform=keep_name)
+        task = asyncio.create_task(informer.run())
+        try:
+            await wait_for(lambda: "ns/b" in informer.cache)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert queries[:2] == [selector, selector]  # the list and the watch
+    assert "data" not in informer.cache.get("ns/a")  # type: ignore[operator]

@@ -379,3 +379,18 @@ async def test_trust_env_only_when_a_proxy_is_configured(
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
     async with make_client(server.url) as client:
         assert client._api.rest_client.pool_manager.trust_env is True
+
+
+async def test_list_and_watch_send_a_field_selector(server: FakeApiServer) -> None:
+    selector = "spec.nodeName!=,status.phase!=Succeeded"
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if request.query.get("watch") == "true":
+            return await stream_lines(request, [])
+        return web.json_response({"metadata": {"resourceVersion": "5"}, "items": []})
+
+    server.handler = handler
+    async with make_client(server.url) as client:
+        await client.list_all(CONFIGMAPS, "ns", field_selector=selector)
+        await collect(client, resource_version="5", field_selector=selector)
+    assert [r.query.get("fieldSelector") for r in server.requests] == [selector, selector]
