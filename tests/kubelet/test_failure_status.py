@@ -99,3 +99,35 @@ def test_a_crashing_then_unpullable_pod_is_never_ready_and_recovers(
     # 4. Rolled back: Ready again, and an Event says so.
     real_env.kubectl("rollout", "undo", f"deployment/{NAME}", "-n", namespace)
     _wait_condition(real_env, namespace, "True", ("InferenceReady",))
+
+
+def test_an_oom_killed_serving_pod_says_so_and_recovers(real_env: RealEnv) -> None:
+    """A namespace LimitRange (common in shared clusters) gives the serving container a
+    memory limit far below what loading the model takes: the kubelet's OOM kill shows as
+    OOMKilled with the limit; once the LimitRange goes and the pod is replaced, Ready."""
+    namespace = f"oom-{uuid.uuid4().hex[:6]}"
+    real_env.kubectl("create", "namespace", namespace)
+    try:
+        real_env.apply([{
+            "apiVersion": "v1", "kind": "LimitRange", "metadata": {"name": "small"},
+            "spec": {"limits": [{"type": "Container", "default": {"memory": "160Mi"},
+                                 "defaultRequest": {"memory": "64Mi"}}]}}], namespace)
+        real_env.apply([{
+            "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": NAME},
+            "resource": {"instanceType": "Standard_NC6s_v3",
+                         "labelSelector": {"matchLabels": NODE_LABELS}},
+            "inference": {"preset": {"name": "smollm2-135m-instruct"}},
+        }], namespace)
+        ws = _wait_condition(real_env, namespace, "False", ("OOMKilled",))
+        message = _condition(ws, "InferenceReady")["message"]  # type: ignore[index]
+        assert "memory limit 160Mi" in message and "exit code 137" in message, message
+        assert any(e["reason"] == "OOMKilled" for e in _warning_events(real_env, namespace))
+
+        real_env.kubectl("delete", "limitrange", "small", "-n", namespace)
+        real_env.kubectl("delete", "pods", "-n", namespace, "-l",
+                         "app.kubernetes.io/component=inference", "--wait=false")
+        _wait_condition(real_env, namespace, "True", ("InferenceReady",))
+    finally:
+        real_env.kubectl("delete", "workspace", NAME, "-n", namespace, "--timeout=180s",
+                         check=False)
+        real_env.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
