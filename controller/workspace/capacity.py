@@ -15,19 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from controller.workspace.nodes import GPU_RESOURCE, int_quantity
 from crds.karpenter import WORKSPACE_LABEL
 
-GPU_RESOURCE = "nvidia.com/gpu"
 # Bound pods that still hold their resources (what the scheduler counts on a node).
 BOUND_PODS_FIELD_SELECTOR = "spec.nodeName!=,status.phase!=Succeeded,status.phase!=Failed"
 NODE_NAME_INDEX = "node-name"
-
-
-def _quantity(value: Any) -> int:
-    try:
-        return max(0, int(str(value)))
-    except ValueError:
-        return 0
 
 
 def container_gpus(resources: Mapping[str, Any] | None) -> int:
@@ -37,7 +30,7 @@ def container_gpus(resources: Mapping[str, Any] | None) -> int:
     for source in ("requests", "limits"):
         value = (resources.get(source) or {}).get(GPU_RESOURCE)
         if value is not None:
-            return _quantity(value)
+            return max(0, int_quantity(value))
     return 0
 
 

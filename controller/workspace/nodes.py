@@ -84,7 +84,8 @@ def selector_matches(selector: LabelSelector | None, labels: Mapping[str, str]) 
     return True
 
 
-def _quantity(value: Any) -> int:
+def int_quantity(value: Any) -> int:
+    """A whole-number quantity or label (GPUs, MiB); 0 when it is not one."""
     try:
         return int(str(value))
     except ValueError:
@@ -97,7 +98,7 @@ def node_gpus(node: Mapping[str, Any]) -> int:
     for source in ("allocatable", "capacity"):
         value = (status.get(source) or {}).get(GPU_RESOURCE)
         if value is not None:
-            return _quantity(value)
+            return int_quantity(value)
     return 0
 
 
@@ -217,7 +218,7 @@ def node_gpu_sku(node: Mapping[str, Any]) -> GpuSku | None:
     """The node's GPUs as a SKU, from GPU feature discovery's labels (bring-your-own nodes);
     None when the node lacks the count or memory label."""
     labels = _labels(node)
-    count, memory_mib = _quantity(labels.get(GFD_COUNT_LABEL)), _quantity(
+    count, memory_mib = int_quantity(labels.get(GFD_COUNT_LABEL)), int_quantity(
         labels.get(GFD_MEMORY_LABEL))
     if count <= 0 or memory_mib <= 0:
         return None
@@ -284,7 +285,7 @@ class ClaimRetry:
 def claim_attempt(claim: Mapping[str, Any]) -> int:
     """Which attempt the claim is (its annotation; a claim without one is the first)."""
     value = ((claim.get("metadata") or {}).get("annotations") or {}).get(ATTEMPT_ANNOTATION)
-    return max(1, _quantity(value))
+    return max(1, int_quantity(value))
 
 
 def claim_failed_at(claim: Mapping[str, Any]) -> float | None:
